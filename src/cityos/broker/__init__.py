@@ -1,0 +1,1 @@
+"""NGSI-LD semantics: entities, the query languages, geo-queries, @context handling, tenants."""

@@ -1,0 +1,1 @@
+"""Shared building blocks with no knowledge of HTTP or storage: errors, JSON, time, geometry."""

@@ -1,0 +1,74 @@
+"""Time handling: every timestamp the platform writes is UTC ISO 8601 with milliseconds and 'Z'."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time
+
+from cityos.core.errors import BadRequestData
+
+_DATETIME_RE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$"
+)
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def format_datetime(moment: datetime) -> str:
+    """Format as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now_iso() -> str:
+    """The current UTC time formatted with :func:`format_datetime`."""
+    return format_datetime(now_utc())
+
+
+def parse_datetime(text: str, *, field: str = "DateTime") -> datetime:
+    """Parse an ISO 8601 date-time with a time zone; raise ``BadRequestData`` otherwise.
+
+    A missing zone is an error: the platform never guesses local time.
+    """
+    if not isinstance(text, str) or not _DATETIME_RE.match(text):
+        raise BadRequestData(f"{field} must be an ISO 8601 date-time with a time zone: {text!r}")
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequestData(f"{field} is not a valid date-time: {text!r} ({exc})") from None
+
+
+def is_datetime(text: str) -> bool:
+    """True when ``text`` is an ISO 8601 date-time with a zone (the ``DateTime`` type)."""
+    if not _DATETIME_RE.match(text):
+        return False
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def is_date(text: str) -> bool:
+    """True when ``text`` is an ISO 8601 calendar date ``YYYY-MM-DD``."""
+    if len(text) != 10:
+        return False
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_time(text: str) -> bool:
+    """True when ``text`` is an ISO 8601 time of day ``HH:MM:SS[.fff][Z]``."""
+    if not re.match(r"^\d{2}:\d{2}:\d{2}(\.\d+)?Z?$", text):
+        return False
+    try:
+        time.fromisoformat(text.rstrip("Z"))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,58 @@
+"""The one settings object. Nothing else in cityos reads ``os.environ``.
+
+Every field can be set by an environment variable with the ``CITYOS_`` prefix,
+for example ``CITYOS_DATA_DIR=/var/lib/cityos`` or ``CITYOS_AUTH=off``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from pydantic import field_validator
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of one cityos process."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYOS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    database: str | None = Field(
+        default=None,
+        description="Database URL; unset means the SQLite file <data_dir>/cityos.sqlite3.",
+    )
+    auth: Literal["on", "off"] = "on"
+    public_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Entity types (short names or IRIs) anyone may read without a key; comma-separated.",
+    )
+    max_body_bytes: int = 1_000_000
+    default_page_limit: int = 20
+    max_page_limit: int = 1000
+    context_cache_map: Path | None = Field(
+        default=None,
+        description="JSON file mapping @context URLs to local files, served instead of fetching.",
+    )
+    context_fetch_timeout_s: float = 5.0
+    log_level: str = "info"
+
+    @field_validator("public_types", mode="before")
+    @classmethod
+    def _split_public_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        """Where the embedded SQLite database lives."""
+        if self.database and self.database.startswith("sqlite:///"):
+            return Path(self.database.removeprefix("sqlite:///"))
+        return self.data_dir / "cityos.sqlite3"
