@@ -1,0 +1,1 @@
+"""HTTP adapters of the standards; they translate requests into service calls and back."""

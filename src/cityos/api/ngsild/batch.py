@@ -1,0 +1,222 @@
+"""Routes of ``/entityOperations`` (batch create, upsert, update, delete, merge, query) and purge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cityos.api.auth import check_public_read
+from cityos.api.ngsild.common import (
+    JSON_LD,
+    Body,
+    broker_of,
+    context_of,
+    negotiate,
+    ngsi_response,
+    read_body,
+    split_list,
+    strip_context,
+    tenant_of,
+)
+from cityos.api.ngsild.params import (
+    compile_id_pattern,
+    entity_query,
+    int_param,
+    bool_param,
+    options_of,
+    render_options,
+)
+from cityos.api.problems import problem_details
+from cityos.broker.context import CompiledContext, ContextResolver
+from cityos.broker.entities import ExpandTerm
+from cityos.broker.geoquery import parse_geo_query
+from cityos.broker.query_language import parse_q, parse_scope_q, parse_type_selector
+from cityos.broker.representation import RenderOptions, render_entity
+from cityos.broker.service import BatchResult, EntityQuery, EntitySelector
+from cityos.core.errors import BadRequestData
+from cityos.core.jsonio import dumps
+
+router = APIRouter()
+
+
+async def _batch_items(request: Request) -> list[tuple[Any, ExpandTerm]]:
+    """The entities of a batch body, each with the expander of its own @context."""
+    body = await read_body(request, allow_merge_patch=True)
+    if not isinstance(body.data, list):
+        raise BadRequestData("A batch body must be a JSON array")
+    if body.media_type != JSON_LD:
+        ctx = await context_of(request, Body(body.data, body.media_type))
+        return [(item, ctx.expand) for item in body.data]
+    resolver: ContextResolver = request.app.state.context_resolver
+    items: list[tuple[Any, ExpandTerm]] = []
+    for item in body.data:
+        if not isinstance(item, dict) or "@context" not in item:
+            raise BadRequestData("Every entity of a JSON-LD batch must carry an @context")
+        ctx = await resolver.resolve(item["@context"])
+        items.append((strip_context(item), ctx.expand))
+    return items
+
+
+def _batch_response(result: BatchResult, *, success_status: int, body_on_success: bool) -> Response:
+    if result.errors:
+        data = {
+            "success": result.success,
+            "errors": [
+                {"entityId": entity_id, "error": problem_details(error)}
+                for entity_id, error in result.errors
+            ],
+        }
+        return Response(dumps(data), status_code=207, media_type="application/json")
+    if body_on_success:
+        return Response(dumps(result.success), status_code=success_status,
+                        media_type="application/json")
+    return Response(status_code=success_status)
+
+
+@router.post("/entityOperations/create")
+async def batch_create(request: Request) -> Response:
+    """Create many entities: 201 with their ids, or 207 with a BatchOperationResult."""
+    items = await _batch_items(request)
+    result = broker_of(request).batch_create(tenant_of(request), items)
+    return _batch_response(result, success_status=201, body_on_success=True)
+
+
+@router.post("/entityOperations/upsert")
+async def batch_upsert(request: Request) -> Response:
+    """Create or replace (``options=update``: update) many entities."""
+    options = options_of(request.query_params)
+    if {"replace", "update"} <= options:
+        raise BadRequestData("Choose one of options=replace and options=update")
+    items = await _batch_items(request)
+    result = broker_of(request).batch_upsert(
+        tenant_of(request), items, replace="update" not in options
+    )
+    if result.errors:
+        return _batch_response(result, success_status=207, body_on_success=False)
+    if result.created:
+        return Response(dumps(result.created), status_code=201, media_type="application/json")
+    return Response(status_code=204)
+
+
+@router.post("/entityOperations/update")
+async def batch_update(request: Request) -> Response:
+    """Append attributes to many existing entities."""
+    options = options_of(request.query_params)
+    items = await _batch_items(request)
+    result = broker_of(request).batch_update(
+        tenant_of(request), items, no_overwrite="noOverwrite" in options
+    )
+    return _batch_response(result, success_status=204, body_on_success=False)
+
+
+@router.post("/entityOperations/merge")
+async def batch_merge(request: Request) -> Response:
+    """Merge-patch many existing entities."""
+    items = await _batch_items(request)
+    result = broker_of(request).batch_merge(tenant_of(request), items)
+    return _batch_response(result, success_status=204, body_on_success=False)
+
+
+@router.post("/entityOperations/delete")
+async def batch_delete(request: Request) -> Response:
+    """Delete many entities by id."""
+    body = await read_body(request)
+    if not isinstance(body.data, list):
+        raise BadRequestData("A batch delete body must be a JSON array of entity ids")
+    result = broker_of(request).batch_delete(tenant_of(request), body.data)
+    return _batch_response(result, success_status=204, body_on_success=False)
+
+
+@router.delete("/entities")
+async def purge_entities(request: Request) -> Response:
+    """Delete every entity matching the query parameters (type, id, idPattern, q, ...)."""
+    params = request.query_params
+    if not any(key in params for key in ("type", "id", "idPattern", "q", "scopeQ", "georel")):
+        raise BadRequestData("Purging needs at least one of type, id, idPattern, q or scopeQ")
+    ctx = await context_of(request)
+    query = entity_query(params, ctx, default_limit=1)
+    broker_of(request).purge_entities(tenant_of(request), query)
+    return Response(status_code=204)
+
+
+@router.post("/entityOperations/query")
+async def query_post(request: Request) -> Response:
+    """Query entities with a Query object in the body (NGSI-LD 5.7.2 over POST)."""
+    media_type = negotiate(request)
+    body = await read_body(request)
+    ctx = await context_of(request, body)
+    data = strip_context(body.data)
+    if not isinstance(data, dict) or data.get("type") != "Query":
+        raise BadRequestData("The body must be a Query object with type 'Query'")
+    query = _query_from_body(data, ctx, request)
+    check_public_read(
+        request,
+        set().union(*(s.types.type_names() for s in query.selectors if s.types is not None))
+        if query.selectors and all(s.types is not None for s in query.selectors) else (),
+    )
+    result = broker_of(request).query_entities(tenant_of(request), query)
+    options = render_options(request.query_params, ctx)
+    attrs = data.get("attrs")
+    if isinstance(attrs, list):
+        options = RenderOptions(
+            format=options.format, sys_attrs=options.sys_attrs,
+            attrs=frozenset(ctx.expand(a) for a in attrs), pick=options.pick,
+            omit=options.omit, lang=data.get("lang", options.lang),
+        )
+    rendered = [render_entity(e, ctx.compact, options) for e in result.entities]
+    headers = {}
+    if result.total is not None:
+        headers["NGSILD-Results-Count"] = str(result.total)
+    return ngsi_response(rendered, ctx, media_type, headers=headers)
+
+
+def _query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Request) -> EntityQuery:
+    selectors: list[EntitySelector] = []
+    for raw in data.get("entities") or []:
+        if not isinstance(raw, dict):
+            raise BadRequestData("entities must be a list of EntitySelector objects")
+        ids = raw.get("id")
+        selectors.append(
+            EntitySelector(
+                ids=frozenset(ids if isinstance(ids, list) else [ids]) if ids else None,
+                id_pattern=compile_id_pattern(raw.get("idPattern")),
+                types=parse_type_selector(raw["type"]).expand(ctx.expand)
+                if "type" in raw else None,
+            )
+        )
+    geo_q = data.get("geoQ")
+    geo = None
+    if geo_q is not None:
+        if not isinstance(geo_q, dict):
+            raise BadRequestData("geoQ must be an object")
+        coordinates = geo_q.get("coordinates")
+        geo = parse_geo_query(
+            geo_q.get("georel"), geo_q.get("geometry"),
+            coordinates if coordinates is not None else None, geo_q.get("geoproperty"),
+        )
+    attrs = data.get("attrs")
+    if attrs is not None and (not isinstance(attrs, list) or not all(
+        isinstance(a, str) for a in attrs
+    )):
+        raise BadRequestData("attrs must be a list of attribute names")
+    if not selectors and attrs is None and "q" not in data and geo is None:
+        raise BadRequestData("Give at least one of entities, attrs, q or geoQ")
+    params = request.query_params
+    return EntityQuery(
+        selectors=tuple(selectors),
+        attrs=frozenset(ctx.expand(a) for a in attrs) if attrs else None,
+        q=parse_q(data["q"]).expand(ctx.expand) if "q" in data else None,
+        scope_q=parse_scope_q(data["scopeQ"]) if "scopeQ" in data else None,
+        geo=geo,
+        geo_attr=ctx.expand(geo.geoproperty) if geo is not None else None,
+        limit=int_param(params, "limit", request.app.state.settings.default_page_limit,
+                        minimum=0),
+        offset=int_param(params, "offset", 0, minimum=0),
+        count=bool_param(params, "count"),
+    )
+
+
+__all__ = ["router", "split_list"]

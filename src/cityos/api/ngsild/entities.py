@@ -1,0 +1,246 @@
+"""Routes of ``/entities``: create, retrieve, query, replace, merge, delete, attributes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cityos.api.auth import check_public_read
+from cityos.api.ngsild.common import (
+    GEO_JSON,
+    broker_of,
+    context_of,
+    negotiate,
+    ngsi_response,
+    read_body,
+    strip_context,
+    tenant_of,
+)
+from cityos.api.ngsild.params import (
+    bool_param,
+    entity_query,
+    options_of,
+    render_options,
+)
+from cityos.broker.context import CompiledContext
+from cityos.broker.representation import (
+    RenderOptions,
+    render_entity,
+    to_geojson_feature,
+)
+from cityos.broker.entities import check_entity_id
+from cityos.broker.query_language import parse_type_selector
+from cityos.broker.service import UpdateResult
+from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.jsonio import dumps
+
+router = APIRouter()
+
+ENTITY_PATH = "/ngsi-ld/v1/entities/"
+
+
+def _object_body(data: Any) -> dict[str, Any]:  # noqa: ANN401 - JSON value
+    if not isinstance(data, dict):
+        raise BadRequestData("The body must be a JSON object")
+    return data
+
+
+@router.post("/entities", status_code=201)
+async def create_entity(request: Request) -> Response:
+    """Create an entity; 201 with its Location."""
+    body = await read_body(request)
+    ctx = await context_of(request, body)
+    entity_id = broker_of(request).create_entity(
+        tenant_of(request), _object_body(strip_context(body.data)), ctx.expand
+    )
+    return Response(status_code=201, headers={"Location": ENTITY_PATH + entity_id})
+
+
+@router.get("/entities")
+async def query_entities(request: Request) -> Response:
+    """Query entities with type, id, idPattern, attrs, q, geo-query and scopeQ."""
+    media_type = negotiate(request, geo=True)
+    ctx = await context_of(request)
+    params = request.query_params
+    if not any(
+        key in params for key in ("type", "id", "idPattern", "attrs", "q", "georel", "scopeQ")
+    ) and not bool_param(params, "local"):
+        raise BadRequestData(
+            "Give at least one of type, id, idPattern, attrs, q, georel or scopeQ"
+        )
+    broker = broker_of(request)
+    query = entity_query(params, ctx, default_limit=request.app.state.settings.default_page_limit)
+    selector_types = query.selectors[0].types if query.selectors else None
+    check_public_read(request, selector_types.type_names() if selector_types else ())
+    if query.limit == 0 and not query.count:
+        raise BadRequestData("limit=0 is only allowed together with count=true")
+    result = broker.query_entities(tenant_of(request), query)
+    options = render_options(params, ctx)
+    rendered = [render_entity(e, ctx.compact, options) for e in result.entities]
+    headers = {}
+    if result.total is not None:
+        headers["NGSILD-Results-Count"] = str(result.total)
+    if media_type == GEO_JSON:
+        return _geojson_response(params.get("geometryProperty"), rendered, ctx, options, headers)
+    return ngsi_response(rendered, ctx, media_type, headers=headers)
+
+
+def _geojson_response(
+    geometry_property: str | None,
+    rendered: list[dict[str, Any]] | dict[str, Any],
+    ctx: CompiledContext,
+    options: RenderOptions,
+    headers: dict[str, str],
+) -> Response:
+    name = geometry_property or "location"
+    key_values = options.format == "keyValues"
+    if isinstance(rendered, dict):
+        data: dict[str, Any] = to_geojson_feature(rendered, name, key_values)
+    else:
+        data = {
+            "type": "FeatureCollection",
+            "features": [to_geojson_feature(r, name, key_values) for r in rendered],
+        }
+    data["@context"] = ctx.context_value
+    return Response(dumps(data), media_type=GEO_JSON, headers=headers)
+
+
+@router.get("/entities/{entity_id:path}/attrs/{attr_name}")
+async def retrieve_attribute(request: Request, entity_id: str, attr_name: str) -> Response:
+    """Not an NGSI-LD operation: only DELETE/PATCH/PUT exist on a single attribute."""
+    raise BadRequestData("Retrieve the entity with attrs=<name> to read one attribute")
+
+
+@router.get("/entities/{entity_id:path}")
+async def retrieve_entity(request: Request, entity_id: str) -> Response:
+    """Retrieve one entity in the requested representation."""
+    check_entity_id(entity_id)
+    media_type = negotiate(request, geo=True)
+    ctx = await context_of(request)
+    params = request.query_params
+    entity = broker_of(request).retrieve_entity(tenant_of(request), entity_id)
+    check_public_read(request, entity["type"], any_public=True)
+    if "type" in params:
+        if not parse_type_selector(params["type"]).expand(ctx.expand).matches(entity["type"]):
+            raise ResourceNotFound(f"Entity {entity_id} is not of type {params['type']}")
+    options = render_options(params, ctx)
+    rendered = render_entity(entity, ctx.compact, options)
+    if media_type == GEO_JSON:
+        return _geojson_response(params.get("geometryProperty"), rendered, ctx, options, {})
+    return ngsi_response(rendered, ctx, media_type)
+
+
+@router.delete("/entities/{entity_id:path}/attrs/{attr_name}", status_code=204)
+async def delete_attribute(request: Request, entity_id: str, attr_name: str) -> Response:
+    """Delete an attribute (default instance, one datasetId, or all with deleteAll)."""
+    check_entity_id(entity_id)
+    ctx = await context_of(request)
+    params = request.query_params
+    broker_of(request).delete_attribute(
+        tenant_of(request),
+        entity_id,
+        ctx.expand(attr_name),
+        dataset_id=params.get("datasetId"),
+        delete_all=bool_param(params, "deleteAll"),
+    )
+    return Response(status_code=204)
+
+
+@router.patch("/entities/{entity_id:path}/attrs/{attr_name}", status_code=204)
+async def partial_update_attribute(request: Request, entity_id: str, attr_name: str) -> Response:
+    """Partially update one attribute: merge the fragment into the instance."""
+    check_entity_id(entity_id)
+    body = await read_body(request, allow_merge_patch=True)
+    ctx = await context_of(request, body)
+    broker_of(request).partial_update_attribute(
+        tenant_of(request), entity_id, attr_name, _object_body(strip_context(body.data)),
+        ctx.expand,
+    )
+    return Response(status_code=204)
+
+
+@router.put("/entities/{entity_id:path}/attrs/{attr_name}", status_code=204)
+async def replace_attribute(request: Request, entity_id: str, attr_name: str) -> Response:
+    """Replace one attribute."""
+    check_entity_id(entity_id)
+    body = await read_body(request)
+    ctx = await context_of(request, body)
+    broker_of(request).replace_attribute(
+        tenant_of(request), entity_id, attr_name, _object_body(strip_context(body.data)),
+        ctx.expand,
+    )
+    return Response(status_code=204)
+
+
+@router.post("/entities/{entity_id:path}/attrs", status_code=204)
+async def append_attributes(request: Request, entity_id: str) -> Response:
+    """Append attributes; 207 with an UpdateResult when some were not appended."""
+    check_entity_id(entity_id)
+    body = await read_body(request)
+    ctx = await context_of(request, body)
+    no_overwrite = "noOverwrite" in options_of(request.query_params)
+    result = broker_of(request).append_attributes(
+        tenant_of(request), entity_id, _object_body(strip_context(body.data)), ctx.expand,
+        no_overwrite=no_overwrite,
+    )
+    return _update_response(result, ctx)
+
+
+@router.patch("/entities/{entity_id:path}/attrs", status_code=204)
+async def update_attributes(request: Request, entity_id: str) -> Response:
+    """Update existing attributes; 207 with an UpdateResult when some did not exist."""
+    check_entity_id(entity_id)
+    body = await read_body(request, allow_merge_patch=True)
+    ctx = await context_of(request, body)
+    result = broker_of(request).update_attributes(
+        tenant_of(request), entity_id, _object_body(strip_context(body.data)), ctx.expand
+    )
+    return _update_response(result, ctx)
+
+
+def _update_response(result: UpdateResult, ctx: CompiledContext) -> Response:
+    if not result.not_updated:
+        return Response(status_code=204)
+    data = {
+        "updated": [ctx.compact(iri) for iri in result.updated],
+        "notUpdated": [
+            {"attributeName": ctx.compact(iri), "reason": reason}
+            for iri, reason in result.not_updated
+        ],
+    }
+    return Response(dumps(data), status_code=207, media_type="application/json")
+
+
+@router.patch("/entities/{entity_id:path}", status_code=204)
+async def merge_entity(request: Request, entity_id: str) -> Response:
+    """Merge-patch an entity."""
+    check_entity_id(entity_id)
+    body = await read_body(request, allow_merge_patch=True)
+    ctx = await context_of(request, body)
+    broker_of(request).merge_entity(
+        tenant_of(request), entity_id, _object_body(strip_context(body.data)), ctx.expand
+    )
+    return Response(status_code=204)
+
+
+@router.put("/entities/{entity_id:path}", status_code=204)
+async def replace_entity(request: Request, entity_id: str) -> Response:
+    """Replace an entity."""
+    check_entity_id(entity_id)
+    body = await read_body(request)
+    ctx = await context_of(request, body)
+    broker_of(request).replace_entity(
+        tenant_of(request), entity_id, _object_body(strip_context(body.data)), ctx.expand
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/entities/{entity_id:path}", status_code=204)
+async def delete_entity(request: Request, entity_id: str) -> Response:
+    """Delete an entity."""
+    check_entity_id(entity_id)
+    broker_of(request).delete_entity(tenant_of(request), entity_id)
+    return Response(status_code=204)

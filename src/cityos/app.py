@@ -1,0 +1,101 @@
+"""``create_app(settings)``: the ASGI application with every part wired together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cityos import __version__
+from cityos.api.auth import ApiKeyMiddleware
+from cityos.api.ngsild import batch, contexts, discovery, entities
+from cityos.api.problems import (
+    handle_cityos_error,
+    handle_unexpected_error,
+    problem_response,
+)
+from cityos.broker.context import ContextResolver
+from cityos.broker.service import ContextBroker
+from cityos.core import errors
+from cityos.settings import Settings
+from cityos.storage.base import Storage
+from cityos.storage.keys import SqliteKeyStore
+from cityos.storage.sqlite import SqliteStorage
+
+log = logging.getLogger(__name__)
+
+NGSI_LD_PREFIX = "/ngsi-ld/v1"
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The storage backend the settings name (SQLite unless a PostgreSQL URL is given)."""
+    if settings.database and settings.database.startswith(("postgresql://", "postgres://")):
+        raise errors.OperationNotSupported("The PostgreSQL backend is not available yet")
+    return SqliteStorage(settings.sqlite_path)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return problem_response(errors.ResourceNotFound(f"No such resource: {request.url.path}"))
+    if exc.status_code == 405:
+        error = errors.CityosError(f"Method {request.method} is not allowed on {request.url.path}")
+        error.status = 405
+        error.title = "Method not allowed"
+        return problem_response(error)
+    generic = errors.CityosError(str(exc.detail))
+    generic.status = exc.status_code
+    return problem_response(generic)
+
+
+def create_app(settings: Settings | None = None, *, storage: Storage | None = None) -> FastAPI:
+    """Build the application. ``storage`` overrides the backend named by the settings."""
+    settings = settings or Settings()
+    store = storage or open_storage(settings)
+    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
+    resolver = ContextResolver(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        core = await resolver.resolve(None)
+        app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
+        if settings.auth == "off":
+            log.warning("Authentication is OFF (CITYOS_AUTH=off): anyone can write. "
+                        "Use this only for local development.")
+        yield
+        store.close()
+        keys.close()
+
+    app = FastAPI(
+        title="cityos",
+        version=__version__,
+        description="City data platform (都市OS): NGSI-LD context broker and city services.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.storage = store
+    app.state.broker = ContextBroker(store, max_limit=settings.max_page_limit)
+    app.state.context_resolver = resolver
+    app.state.context_store = resolver.store
+    app.state.keys = keys
+    app.state.public_type_iris = frozenset(settings.public_types)
+
+    app.add_exception_handler(errors.CityosError, handle_cityos_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(Exception, handle_unexpected_error)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> JSONResponse:
+        """200 ``{"status": "ok"}`` once the server is ready."""
+        return JSONResponse({"status": "ok"})
+
+    for module in (entities, batch, discovery, contexts):
+        app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
+    if settings.auth == "on":
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
+    return app

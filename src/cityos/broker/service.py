@@ -1,0 +1,563 @@
+"""The broker's Python interface: every NGSI-LD entity operation, independent of HTTP.
+
+Routes translate HTTP into these calls and their results back; domains call them
+directly. Each method works on one tenant and takes attribute names already expanded
+to IRIs (callers expand with their ``CompiledContext``). Errors are ``cityos.core.errors``.
+
+Operations on one entity are read-modify-write without an ``await`` in between, so in
+one process they are atomic; across processes the storage transaction makes them so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from cityos.broker.entities import (
+    ENTITY_RESERVED,
+    ExpandTerm,
+    check_attribute_name,
+    check_entity_id,
+    is_null_value,
+    parse_attributes,
+    parse_entity,
+    parse_instance,
+    parse_scopes,
+    parse_types,
+)
+from cityos.broker.geoquery import GeoQuery
+from cityos.broker.model import AttributeInstance, StoredEntity, is_sub_attribute_key
+from cityos.broker.query_language import QExpression, ScopeExpression, TypeExpression
+from cityos.core.errors import (
+    BadRequestData,
+    CityosError,
+    ResourceNotFound,
+    TooManyResults,
+)
+from cityos.core.timeutil import now_iso
+from cityos.storage.base import DEFAULT_TENANT, EntityScan, Storage
+
+
+class NonexistentTenant(ResourceNotFound):
+    """A read addressed a tenant that nothing was ever written to."""
+
+    title = "Nonexistent tenant"
+
+
+@dataclass(frozen=True)
+class EntitySelector:
+    """Which entities by id, id pattern and type; every given part must hold."""
+
+    ids: frozenset[str] | None = None
+    id_pattern: re.Pattern[str] | None = None
+    types: TypeExpression | None = None
+
+    def matches(self, entity: StoredEntity) -> bool:
+        """True when the entity satisfies every given part."""
+        if self.ids is not None and entity["id"] not in self.ids:
+            return False
+        if self.id_pattern is not None and not self.id_pattern.fullmatch(entity["id"]):
+            return False
+        return self.types is None or self.types.matches(entity["type"])
+
+
+@dataclass(frozen=True)
+class EntityQuery:
+    """A query over entities; every given criterion must hold (all IRIs expanded).
+
+    ``selectors``: the entity must match at least one of them (none = any entity).
+    """
+
+    selectors: tuple[EntitySelector, ...] = ()
+    attrs: frozenset[str] | None = None
+    q: QExpression | None = None
+    scope_q: ScopeExpression | None = None
+    geo: GeoQuery | None = None
+    geo_attr: str | None = None
+    limit: int = 20
+    offset: int = 0
+    count: bool = False
+
+
+@dataclass
+class QueryResult:
+    """One page of matching entities, and the total when it was asked for."""
+
+    entities: list[StoredEntity]
+    total: int | None = None
+
+
+@dataclass
+class UpdateResult:
+    """Which attributes an update changed, and why the others were not."""
+
+    updated: list[str] = field(default_factory=list)
+    not_updated: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    """Per-entity outcome of a batch operation: ids that succeeded, and errors by id."""
+
+    success: list[str] = field(default_factory=list)
+    errors: list[tuple[str, CityosError]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+
+
+class ContextBroker:
+    """NGSI-LD entity operations over one ``Storage``."""
+
+    def __init__(self, storage: Storage, *, max_limit: int = 1000) -> None:
+        self.storage = storage
+        self.max_limit = max_limit
+
+    # -- tenants --------------------------------------------------------------------
+
+    def check_tenant(self, tenant: str) -> None:
+        """Raise ``NonexistentTenant`` for reads on a tenant never written to."""
+        if not self.storage.tenant_exists(tenant):
+            raise NonexistentTenant(f"Tenant {tenant!r} does not exist")
+
+    # -- whole entities ---------------------------------------------------------------
+
+    def create_entity(self, tenant: str, payload: object, expand: ExpandTerm) -> str:
+        """Create an entity from a payload; return its id. ``AlreadyExists`` if taken."""
+        entity = parse_entity(payload, expand, now_iso())
+        self.storage.insert(tenant, entity)
+        return str(entity["id"])
+
+    def retrieve_entity(self, tenant: str, entity_id: str) -> StoredEntity:
+        """The stored entity; ``ResourceNotFound`` (or ``NonexistentTenant``) if absent."""
+        self.check_tenant(tenant)
+        entity = self.storage.get(tenant, entity_id)
+        if entity is None:
+            raise ResourceNotFound(f"Entity {entity_id} not found")
+        return entity
+
+    def delete_entity(self, tenant: str, entity_id: str) -> None:
+        """Delete an entity; ``ResourceNotFound`` if absent."""
+        self.check_tenant(tenant)
+        if not self.storage.delete(tenant, entity_id):
+            raise ResourceNotFound(f"Entity {entity_id} not found")
+
+    def replace_entity(
+        self, tenant: str, entity_id: str, payload: dict[str, Any], expand: ExpandTerm
+    ) -> None:
+        """Replace all of an entity's attributes (and type, scope), keeping its createdAt."""
+        old = self.retrieve_entity(tenant, entity_id)
+        body = dict(payload)
+        body.setdefault("id", entity_id)
+        if body["id"] != entity_id:
+            raise BadRequestData("The id in the body differs from the id in the URL")
+        if "type" not in body:
+            body["type"] = old["type"]
+            new = parse_entity(body, lambda t: t if t in old["type"] else expand(t), now_iso())
+        else:
+            new = parse_entity(body, expand, now_iso())
+        new["createdAt"] = old["createdAt"]
+        self.storage.update(tenant, new)
+
+    def merge_entity(
+        self, tenant: str, entity_id: str, payload: dict[str, Any], expand: ExpandTerm
+    ) -> None:
+        """Merge-patch an entity: add new attributes, merge existing ones, delete nulls."""
+        if payload.get("id", entity_id) != entity_id:
+            raise BadRequestData("The id in the body differs from the id in the URL")
+        entity = self.retrieve_entity(tenant, entity_id)
+        self._merge_into(entity, payload, expand)
+        self.storage.update(tenant, entity)
+
+    def _merge_into(self, entity: StoredEntity, payload: dict[str, Any], expand: ExpandTerm) -> None:
+
+        now = now_iso()
+        if "type" in payload:
+            for type_iri in parse_types(payload["type"], expand):
+                if type_iri not in entity["type"]:
+                    entity["type"].append(type_iri)
+        if "scope" in payload:
+            if is_null_value(payload["scope"]):
+                entity.pop("scope", None)
+            else:
+                entity["scope"] = parse_scopes(payload["scope"])
+        attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
+        for name, raw in payload.items():
+            if name in ENTITY_RESERVED:
+                continue
+            check_attribute_name(name)
+            iri = expand(name)
+            existing = attrs.get(iri, [])
+            fragments = raw if isinstance(raw, list) and raw and all(
+                isinstance(item, dict) for item in raw
+            ) else [raw]
+            for fragment in fragments:
+                dataset_id = fragment.get("datasetId") if isinstance(fragment, dict) else None
+                target = _find_instance(existing, dataset_id)
+                if is_null_value(fragment):
+                    if target is not None:
+                        existing.remove(target)
+                    continue
+                if target is None:
+                    existing.append(
+                        parse_instance(name, fragment, expand, now, entity_id=entity["id"])
+                    )
+                    continue
+                patch = parse_instance(
+                    name, fragment, expand, now, entity_id=entity["id"],
+                    partial_of=target.get("type", "Property"), allow_null=True,
+                )
+                _merge_instance(target, patch, now)
+            if existing:
+                attrs[iri] = existing
+            else:
+                attrs.pop(iri, None)
+        entity["modifiedAt"] = now
+
+    # -- attributes -----------------------------------------------------------------
+
+    def append_attributes(
+        self,
+        tenant: str,
+        entity_id: str,
+        payload: dict[str, Any],
+        expand: ExpandTerm,
+        *,
+        no_overwrite: bool = False,
+    ) -> UpdateResult:
+        """Add attributes; replace same-datasetId instances unless ``no_overwrite``."""
+
+        entity = self.retrieve_entity(tenant, entity_id)
+        now = now_iso()
+        result = UpdateResult()
+        if "type" in payload:
+            for type_iri in parse_types(payload["type"], expand):
+                if type_iri not in entity["type"]:
+                    entity["type"].append(type_iri)
+        for iri, instances in parse_attributes(payload, expand, now, entity_id=entity_id).items():
+            existing = entity["attrs"].setdefault(iri, [])
+            changed = False
+            for instance in instances:
+                target = _find_instance(existing, instance.get("datasetId"))
+                if target is None:
+                    existing.append(instance)
+                    changed = True
+                elif no_overwrite:
+                    continue
+                else:
+                    instance["createdAt"] = target.get("createdAt", now)
+                    existing[existing.index(target)] = instance
+                    changed = True
+            if changed:
+                result.updated.append(iri)
+            else:
+                result.not_updated.append((iri, "attribute exists and noOverwrite was given"))
+        entity["modifiedAt"] = now
+        self.storage.update(tenant, entity)
+        return result
+
+    def update_attributes(
+        self, tenant: str, entity_id: str, payload: dict[str, Any], expand: ExpandTerm
+    ) -> UpdateResult:
+        """Replace existing attributes only; others are reported as not updated."""
+
+        entity = self.retrieve_entity(tenant, entity_id)
+        now = now_iso()
+        result = UpdateResult()
+        for iri, instances in parse_attributes(payload, expand, now, entity_id=entity_id).items():
+            existing = entity["attrs"].get(iri)
+            if not existing:
+                result.not_updated.append((iri, "attribute does not exist"))
+                continue
+            replaced = False
+            for instance in instances:
+                target = _find_instance(existing, instance.get("datasetId"))
+                if target is None:
+                    continue
+                instance["createdAt"] = target.get("createdAt", now)
+                existing[existing.index(target)] = instance
+                replaced = True
+            if replaced:
+                result.updated.append(iri)
+            else:
+                result.not_updated.append((iri, "no instance with that datasetId"))
+        if result.updated:
+            entity["modifiedAt"] = now
+            self.storage.update(tenant, entity)
+        return result
+
+    def partial_update_attribute(
+        self, tenant: str, entity_id: str, name: str, fragment: object, expand: ExpandTerm
+    ) -> None:
+        """Merge a fragment into one attribute instance (selected by its datasetId)."""
+        entity = self.retrieve_entity(tenant, entity_id)
+        iri = expand(name)
+        existing = entity["attrs"].get(iri)
+        dataset_id = fragment.get("datasetId") if isinstance(fragment, dict) else None
+        target = _find_instance(existing or [], dataset_id)
+        if target is None:
+            raise ResourceNotFound(f"Attribute {name} not found in entity {entity_id}")
+        now = now_iso()
+        patch = parse_instance(
+            name, fragment, expand, now, entity_id=entity_id,
+            partial_of=target.get("type", "Property"),
+        )
+        _merge_instance(target, patch, now)
+        entity["modifiedAt"] = now
+        self.storage.update(tenant, entity)
+
+    def replace_attribute(
+        self, tenant: str, entity_id: str, name: str, raw: object, expand: ExpandTerm
+    ) -> None:
+        """Replace one attribute instance (selected by datasetId); 404 if it does not exist."""
+        entity = self.retrieve_entity(tenant, entity_id)
+        iri = expand(name)
+        now = now_iso()
+        instance = parse_instance(name, raw, expand, now, entity_id=entity_id)
+        existing = entity["attrs"].get(iri) or []
+        target = _find_instance(existing, instance.get("datasetId"))
+        if target is None:
+            raise ResourceNotFound(f"Attribute {name} not found in entity {entity_id}")
+        instance["createdAt"] = target.get("createdAt", now)
+        existing[existing.index(target)] = instance
+        entity["modifiedAt"] = now
+        self.storage.update(tenant, entity)
+
+    def delete_attribute(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        *,
+        dataset_id: str | None = None,
+        delete_all: bool = False,
+    ) -> None:
+        """Delete the default instance, one datasetId's, or all instances of an attribute."""
+        entity = self.retrieve_entity(tenant, entity_id)
+        existing = entity["attrs"].get(attr_iri)
+        if not existing:
+            raise ResourceNotFound(f"Attribute {attr_iri} not found in entity {entity_id}")
+        if delete_all:
+            remaining: list[AttributeInstance] = []
+        else:
+            target = _find_instance(existing, dataset_id)
+            if target is None:
+                raise ResourceNotFound(
+                    f"Attribute {attr_iri} has no instance with datasetId {dataset_id}"
+                )
+            remaining = [i for i in existing if i is not target]
+        if remaining:
+            entity["attrs"][attr_iri] = remaining
+        else:
+            del entity["attrs"][attr_iri]
+        entity["modifiedAt"] = now_iso()
+        self.storage.update(tenant, entity)
+
+    # -- queries ----------------------------------------------------------------------
+
+    def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
+        """Entities matching ``query`` in insertion order, one page of it."""
+        if query.limit > self.max_limit:
+            raise TooManyResults(
+                f"limit {query.limit} is over the maximum of {self.max_limit} per page"
+            )
+        if not self.storage.tenant_exists(tenant):
+            raise NonexistentTenant(f"Tenant {tenant!r} does not exist")
+        page: list[StoredEntity] = []
+        total = 0
+        wanted = query.offset + query.limit
+        for entity in self._matching(tenant, query):
+            if query.offset <= total < wanted:
+                page.append(entity)
+            total += 1
+            if total >= wanted and not query.count:
+                break
+        return QueryResult(page, total if query.count else None)
+
+    def _matching(self, tenant: str, query: EntityQuery) -> Iterator[StoredEntity]:
+        # The scan may only narrow by a criterion every selector shares; the exact
+        # selector test runs on each candidate below.
+        selectors = query.selectors
+        ids: frozenset[str] | None = None
+        types_any: frozenset[str] | None = None
+        if selectors and all(s.ids is not None for s in selectors):
+            ids = frozenset().union(*(s.ids or () for s in selectors))
+        if selectors and all(s.types is not None for s in selectors):
+            types_any = frozenset().union(
+                *(s.types.type_names() for s in selectors if s.types is not None)
+            )
+        scan = EntityScan(
+            ids=ids,
+            types_any=types_any,
+            attrs_any=query.attrs,
+            geo_attr=query.geo_attr if query.geo is not None else None,
+            geo_bbox=query.geo.candidate_bbox() if query.geo is not None else None,
+        )
+        for _, entity in self.storage.scan(tenant, scan):
+            if selectors and not any(s.matches(entity) for s in selectors):
+                continue
+            if query.scope_q is not None and not query.scope_q.matches(entity.get("scope", [])):
+                continue
+            if query.geo is not None and not _geo_matches(entity, query.geo, query.geo_attr):
+                continue
+            if query.q is not None and not query.q.matches(entity):
+                continue
+            yield entity
+
+    # -- batches --------------------------------------------------------------------
+
+    def batch_create(self, tenant: str, items: list[tuple[Any, ExpandTerm]]) -> BatchResult:
+        """Create each entity; one failing does not stop the others."""
+        result = BatchResult()
+        with self.storage.transaction():
+            for payload, expand in items:
+                entity_id = _payload_id(payload)
+                try:
+                    created = self.create_entity(tenant, payload, expand)
+                except CityosError as error:
+                    result.errors.append((entity_id, error))
+                else:
+                    result.success.append(created)
+                    result.created.append(created)
+        return result
+
+    def batch_upsert(
+        self, tenant: str, items: list[tuple[Any, ExpandTerm]], *, replace: bool = True
+    ) -> BatchResult:
+        """Create missing entities; replace (or update, with ``replace=False``) existing ones."""
+        result = BatchResult()
+        with self.storage.transaction():
+            for payload, expand in items:
+                entity_id = _payload_id(payload)
+                try:
+                    entity = parse_entity(payload, expand, now_iso())
+                    if self.storage.get(tenant, entity["id"]) is None:
+                        self.storage.insert(tenant, entity)
+                        result.created.append(entity["id"])
+                    elif replace:
+                        self.replace_entity(tenant, entity["id"], payload, expand)
+                    else:
+                        self.append_attributes(tenant, entity["id"], payload, expand)
+                except CityosError as error:
+                    result.errors.append((entity_id, error))
+                else:
+                    result.success.append(entity["id"])
+        return result
+
+    def batch_update(
+        self, tenant: str, items: list[tuple[Any, ExpandTerm]], *, no_overwrite: bool = False
+    ) -> BatchResult:
+        """Append attributes to each existing entity (``noOverwrite`` keeps existing ones)."""
+        result = BatchResult()
+        with self.storage.transaction():
+            for payload, expand in items:
+                entity_id = _payload_id(payload)
+                try:
+                    if not isinstance(payload, dict):
+                        raise BadRequestData("An entity must be a JSON object")
+
+                    check_entity_id(entity_id)
+                    self.append_attributes(
+                        tenant, entity_id, payload, expand, no_overwrite=no_overwrite
+                    )
+                except CityosError as error:
+                    result.errors.append((entity_id, error))
+                else:
+                    result.success.append(entity_id)
+        return result
+
+    def batch_merge(self, tenant: str, items: list[tuple[Any, ExpandTerm]]) -> BatchResult:
+        """Merge-patch each existing entity."""
+        result = BatchResult()
+        with self.storage.transaction():
+            for payload, expand in items:
+                entity_id = _payload_id(payload)
+                try:
+                    if not isinstance(payload, dict):
+                        raise BadRequestData("An entity must be a JSON object")
+                    self.merge_entity(tenant, entity_id, payload, expand)
+                except CityosError as error:
+                    result.errors.append((entity_id, error))
+                else:
+                    result.success.append(entity_id)
+        return result
+
+    def batch_delete(self, tenant: str, entity_ids: Iterable[object]) -> BatchResult:
+        """Delete each entity by id."""
+        result = BatchResult()
+        with self.storage.transaction():
+            for raw_id in entity_ids:
+                entity_id = raw_id if isinstance(raw_id, str) else repr(raw_id)
+                try:
+
+                    check_entity_id(raw_id)
+                    self.delete_entity(tenant, entity_id)
+                except CityosError as error:
+                    result.errors.append((entity_id, error))
+                else:
+                    result.success.append(entity_id)
+        return result
+
+    def purge_entities(self, tenant: str, query: EntityQuery) -> int:
+        """Delete every entity matching ``query`` (all pages); return how many."""
+        self.check_tenant(tenant)
+        ids = [entity["id"] for entity in self._matching(tenant, query)]
+        with self.storage.transaction():
+            for entity_id in ids:
+                self.storage.delete(tenant, entity_id)
+        return len(ids)
+
+
+def _payload_id(payload: object) -> str:
+    if isinstance(payload, dict):
+        raw = payload.get("id", payload.get("@id"))
+        if isinstance(raw, str):
+            return raw
+    return ""
+
+
+def _find_instance(
+    instances: list[AttributeInstance], dataset_id: str | None
+) -> AttributeInstance | None:
+    for instance in instances:
+        if instance.get("datasetId") == dataset_id:
+            return instance
+    return None
+
+
+def _merge_instance(target: AttributeInstance, patch: AttributeInstance, now: str) -> None:
+    """Merge a parsed fragment into a stored instance, recursively for sub-attributes."""
+    for key, value in patch.items():
+        if key == "createdAt":
+            continue
+        if is_sub_attribute_key(key):
+            existing = target.get(key)
+            if isinstance(existing, dict) and isinstance(value, dict) and (
+                value.get("type") == existing.get("type")
+            ):
+                _merge_instance(existing, value, now)
+            else:
+                target[key] = value
+        elif value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    target["modifiedAt"] = now
+
+
+def _geo_matches(entity: StoredEntity, geo: GeoQuery, geo_attr: str | None) -> bool:
+    for instance in entity.get("attrs", {}).get(geo_attr or "", []):
+        value = instance.get("value")
+        if instance.get("type") == "GeoProperty" and isinstance(value, dict) and geo.matches(value):
+            return True
+    return False
+
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "BatchResult",
+    "ContextBroker",
+    "EntityQuery",
+    "NonexistentTenant",
+    "QueryResult",
+    "UpdateResult",
+]

@@ -1,0 +1,133 @@
+"""The ``cityos`` command: serve, demo, keys."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from cityos.settings import Settings
+
+app = typer.Typer(help="cityos — city data platform (都市OS)", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys / APIキー", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+HostOption = Annotated[str | None, typer.Option(help="Address to listen on")]
+PortOption = Annotated[int | None, typer.Option(help="Port to listen on")]
+DataDirOption = Annotated[Path | None, typer.Option(help="Directory for the SQLite database")]
+
+
+def _settings(**overrides: Any) -> Settings:  # noqa: ANN401 - pydantic field values
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _run(settings: Settings, *, access_log: bool = False) -> None:
+    from cityos.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=access_log,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+@app.command()
+def serve(
+    host: HostOption = None,
+    port: PortOption = None,
+    data_dir: DataDirOption = None,
+    database: Annotated[str | None, typer.Option(help="Database URL (default: SQLite)")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
+) -> None:
+    """Run the platform (NGSI-LD broker and APIs) / プラットフォームを起動します。"""
+    _run(_settings(host=host, port=port, data_dir=data_dir, database=database),
+         access_log=access_log)
+
+
+@app.command()
+def demo(
+    host: HostOption = None,
+    port: PortOption = None,
+    data_dir: Annotated[Path, typer.Option(help="Directory for the demo database")] = Path(
+        "data/demo"
+    ),
+) -> None:
+    """Run with Toyama demo data and print an admin key / 富山市のデモデータで起動します。"""
+    settings = _settings(host=host, port=port, data_dir=data_dir, auth="on")
+    from cityos.demo import seed_demo
+    from cityos.storage.keys import SqliteKeyStore
+
+    created = asyncio.run(seed_demo(settings))
+    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
+    key, _ = keys.create("toyama-city", "admin")
+    keys.close()
+    base = f"http://{settings.host}:{settings.port}"
+    console.print(f"[bold green]cityos demo[/] — {created} Toyama entities ready / "
+                  "富山市のデモデータを用意しました")
+    console.print(f"  NGSI-LD API: {base}/ngsi-ld/v1/entities?type=WaterObserved")
+    console.print(f"  API docs:    {base}/docs")
+    console.print(f"  Admin API key (shown once) / 管理者APIキー（一度だけ表示）: [bold]{key}[/]")
+    _run(settings)
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="Organisation the key belongs to")],
+    role: Annotated[str, typer.Option(help="admin, operator, company or public")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create an API key and print it once / APIキーを作成し一度だけ表示します。"""
+    from cityos.core.errors import CityosError
+    from cityos.storage.keys import SqliteKeyStore
+
+    settings = _settings(data_dir=data_dir)
+    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
+    try:
+        key, principal = keys.create(org, role)
+    except CityosError as error:
+        console.print(f"[red]{error.detail}[/]")
+        raise typer.Exit(2) from None
+    finally:
+        keys.close()
+    typer.echo(key)
+    console.print(f"key id {principal.key_id} for {org} ({role}); store it now, it is not "
+                  "shown again / このキーは再表示されません", style="dim", stderr=True)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOption = None) -> None:
+    """List API keys (never the keys themselves) / APIキー一覧。"""
+    from cityos.storage.keys import SqliteKeyStore
+
+    settings = _settings(data_dir=data_dir)
+    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
+    table = Table("key id", "org", "role", "created", "revoked")
+    for row in keys.list_keys():
+        table.add_row(*(str(row[c]) for c in ("key_id", "org", "role", "created_at", "revoked")))
+    keys.close()
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDirOption = None) -> None:
+    """Revoke an API key by its id / APIキーを無効にします。"""
+    from cityos.storage.keys import SqliteKeyStore
+
+    settings = _settings(data_dir=data_dir)
+    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
+    found = keys.revoke(key_id)
+    keys.close()
+    if not found:
+        console.print(f"[red]No key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"Revoked {key_id}")

@@ -1,0 +1,112 @@
+"""API keys, stored hashed, each bound to an organisation and a role.
+
+Keys are 256-bit random tokens, so a single SHA-256 is enough to store them safely
+(no password-stretching needed: there is nothing to brute-force). A key is shown once,
+when created; only its hash and a short prefix for identification are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cityos.core.errors import BadRequestData
+from cityos.core.timeutil import now_iso
+
+Role = Literal["admin", "operator", "company", "public"]
+ROLES: tuple[Role, ...] = ("admin", "operator", "company", "public")
+KEY_PREFIX = "cok_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an organisation with a role (or anonymous)."""
+
+    org: str
+    role: Role | Literal["anonymous"]
+    key_id: str | None = None
+
+    @property
+    def can_write(self) -> bool:
+        """Writes need a key with a role above ``public``."""
+        return self.role in ("admin", "operator", "company")
+
+
+ANONYMOUS = Principal(org="", role="anonymous")
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class SqliteKeyStore:
+    """API keys in a table of the SQLite database (its own connection)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, key_hash TEXT UNIQUE "
+            "NOT NULL, org TEXT NOT NULL, role TEXT NOT NULL, created_at TEXT NOT NULL, "
+            "revoked INTEGER NOT NULL DEFAULT 0)"
+        )
+        self._cache: dict[str, Principal | None] = {}
+        self._lock = threading.Lock()
+
+    def create(self, org: str, role: str) -> tuple[str, Principal]:
+        """Create a key; return the plain key (shown once) and its principal."""
+        if role not in ROLES:
+            raise BadRequestData(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        if not org:
+            raise BadRequestData("A key needs an organisation")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = key[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO api_keys (key_id, key_hash, org, role, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key_id, _hash(key), org, role, now_iso()),
+            )
+            self._cache.clear()
+        return key, Principal(org=org, role=role, key_id=key_id)  # type: ignore[arg-type]
+
+    def revoke(self, key_id: str) -> bool:
+        """Revoke a key by its id; ``False`` when there is no such key."""
+        with self._lock:
+            cursor = self._db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
+            self._cache.clear()
+        return cursor.rowcount > 0
+
+    def verify(self, key: str) -> Principal | None:
+        """The principal of a valid, unrevoked key; ``None`` otherwise."""
+        digest = _hash(key)
+        if digest in self._cache:
+            return self._cache[digest]
+        row = self._db.execute(
+            "SELECT key_id, org, role FROM api_keys WHERE key_hash = ? AND revoked = 0", (digest,)
+        ).fetchone()
+        principal = None if row is None else Principal(org=row[1], role=row[2], key_id=row[0])
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = principal
+        return principal
+
+    def list_keys(self) -> list[dict[str, object]]:
+        """Key metadata (never the key or its hash)."""
+        rows = self._db.execute(
+            "SELECT key_id, org, role, created_at, revoked FROM api_keys ORDER BY created_at"
+        )
+        return [
+            {"key_id": r[0], "org": r[1], "role": r[2], "created_at": r[3], "revoked": bool(r[4])}
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        self._db.close()
