@@ -1,0 +1,84 @@
+"""Shared fixtures: a real cityos server on loopback with its own SQLite directory."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from cityos.app import create_app
+from cityos.settings import Settings
+
+NGSI = "/ngsi-ld/v1"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A server started by :func:`start_server`; ``stop()`` shuts it down."""
+
+    base_url: str
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start_server(settings: Settings) -> RunningServer:
+    """Start uvicorn with ``create_app(settings)`` in a thread; return when /health answers."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+        loop="asyncio", lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + "/health", timeout=1).status_code == 200:
+                return RunningServer(base_url, settings, server, thread)
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("cityos test server did not start")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server with auth off, shared by the API tests (they use unique ids)."""
+    data_dir: Path = tmp_path_factory.mktemp("cityos-data")
+    running = start_server(Settings(data_dir=data_dir, auth="off", max_body_bytes=200_000))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    """An HTTP client for the shared server, with the NGSI-LD base path."""
+    with httpx.Client(base_url=server.base_url + NGSI, timeout=10) as http:
+        yield http
+
+
+@pytest.fixture
+def uid() -> str:
+    """A unique suffix so tests sharing a server never collide."""
+    return uuid.uuid4().hex[:12]
