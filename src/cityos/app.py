@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from cityos import __version__
 from cityos.api.auth import ApiKeyMiddleware
 from cityos.api.ngsild import batch, contexts, discovery, entities
+from cityos.api.ngsild.common import TrailingSlashMiddleware
 from cityos.api.problems import (
     handle_cityos_error,
     handle_unexpected_error,
@@ -44,10 +45,9 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return problem_response(errors.ResourceNotFound(f"No such resource: {request.url.path}"))
     if exc.status_code == 405:
-        error = errors.CityosError(f"Method {request.method} is not allowed on {request.url.path}")
-        error.status = 405
-        error.title = "Method not allowed"
-        return problem_response(error)
+        return problem_response(
+            errors.MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
+        )
     generic = errors.CityosError(str(exc.detail))
     generic.status = exc.status_code
     return problem_response(generic)
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         keys.close()
 
     app = FastAPI(
+        redirect_slashes=False,
         title="cityos",
         version=__version__,
         description="City data platform (都市OS): NGSI-LD context broker and city services.",
@@ -98,4 +99,5 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(TrailingSlashMiddleware, prefix=NGSI_LD_PREFIX)
     return app

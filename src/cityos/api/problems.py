@@ -31,6 +31,7 @@ _TYPE_BY_CLASS: dict[type[errors.CityosError], str] = {
     errors.Unauthorized: "Unauthorized",
     errors.Forbidden: "Forbidden",
     errors.ServiceUnavailable: "ServiceUnavailable",
+    errors.MethodNotAllowed: "MethodNotAllowed",
 }
 
 

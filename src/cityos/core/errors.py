@@ -106,6 +106,13 @@ class TooManyResults(CityosError):
     title = "Too many results"
 
 
+class MethodNotAllowed(CityosError):
+    """The resource exists but does not take this HTTP method."""
+
+    status = 405
+    title = "Method not allowed"
+
+
 class ServiceUnavailable(CityosError):
     """A dependency (the database) is temporarily unavailable; the client may retry."""
 

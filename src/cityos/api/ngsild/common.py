@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.broker.context import CompiledContext, ContextResolver
 from cityos.broker.service import ContextBroker
@@ -187,6 +188,38 @@ def ngsi_response(
     else:
         out_headers["Link"] = link_header(ctx)
     return Response(dumps(data), status_code=status, media_type=media_type, headers=out_headers)
+
+
+def check_params(request: Request, allowed: frozenset[str]) -> None:
+    """Refuse query parameters the operation does not define (NGSI-LD: 400 InvalidRequest)."""
+    unknown = [name for name in request.query_params if name not in allowed]
+    if unknown:
+        raise InvalidRequest(f"Unknown query parameter(s): {', '.join(sorted(set(unknown)))}")
+
+
+class TrailingSlashMiddleware:
+    """Route ``/ngsi-ld/v1/entities/`` like ``/ngsi-ld/v1/entities`` (no redirect).
+
+    NGSI-LD clients (the ETSI suite among them) add trailing slashes; a 307 redirect
+    would lose POST bodies in many clients, so the path is rewritten in place.
+    """
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(self.prefix) and path.endswith("/") and len(path) > len(
+                self.prefix
+            ) + 1:
+                scope = dict(scope)
+                scope["path"] = path[:-1]
+                raw = scope.get("raw_path")
+                if isinstance(raw, bytes) and raw.endswith(b"/"):
+                    scope["raw_path"] = raw[:-1]
+        await self.app(scope, receive, send)
 
 
 def split_list(value: str | None) -> list[str] | None:

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from cityos.api.auth import check_public_read
 from cityos.api.ngsild.common import (
+    check_params,
     GEO_JSON,
     broker_of,
     context_of,
@@ -34,10 +35,22 @@ from cityos.broker.representation import (
 from cityos.broker.entities import check_entity_id
 from cityos.broker.query_language import parse_type_selector
 from cityos.broker.service import UpdateResult
-from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.errors import BadRequestData, MethodNotAllowed, ResourceNotFound
 from cityos.core.jsonio import dumps
 
 router = APIRouter()
+
+GEO_PARAMS = frozenset({"georel", "geometry", "coordinates", "geoproperty"})
+RENDER_PARAMS = frozenset(
+    {"attrs", "pick", "omit", "options", "format", "lang", "geometryProperty", "datasetId",
+     "join", "joinLevel", "local", "containedBy", "entityMap", "expandValues", "via"}
+)
+QUERY_PARAMS = RENDER_PARAMS | GEO_PARAMS | frozenset(
+    {"id", "idPattern", "type", "q", "csf", "scopeQ", "limit", "offset", "count", "orderBy",
+     "collect"}
+)
+RETRIEVE_PARAMS = RENDER_PARAMS | frozenset({"type"})
+NO_PARAMS: frozenset[str] = frozenset({"local"})
 
 ENTITY_PATH = "/ngsi-ld/v1/entities/"
 
@@ -51,6 +64,7 @@ def _object_body(data: Any) -> dict[str, Any]:  # noqa: ANN401 - JSON value
 @router.post("/entities", status_code=201)
 async def create_entity(request: Request) -> Response:
     """Create an entity; 201 with its Location."""
+    check_params(request, NO_PARAMS)
     body = await read_body(request)
     ctx = await context_of(request, body)
     entity_id = broker_of(request).create_entity(
@@ -62,6 +76,7 @@ async def create_entity(request: Request) -> Response:
 @router.get("/entities")
 async def query_entities(request: Request) -> Response:
     """Query entities with type, id, idPattern, attrs, q, geo-query and scopeQ."""
+    check_params(request, QUERY_PARAMS)
     media_type = negotiate(request, geo=True)
     ctx = await context_of(request)
     params = request.query_params
@@ -108,15 +123,24 @@ def _geojson_response(
     return Response(dumps(data), media_type=GEO_JSON, headers=headers)
 
 
-@router.get("/entities/{entity_id:path}/attrs/{attr_name}")
-async def retrieve_attribute(request: Request, entity_id: str, attr_name: str) -> Response:
-    """Not an NGSI-LD operation: only DELETE/PATCH/PUT exist on a single attribute."""
-    raise BadRequestData("Retrieve the entity with attrs=<name> to read one attribute")
+@router.put("/entities")
+@router.patch("/entities")
+async def entity_id_missing(request: Request) -> Response:
+    """PUT or PATCH without an entity id (``/entities/``) is bad request data, not a 405."""
+    raise BadRequestData("The entity id is missing from the path")
+
+
+@router.delete("/entities/{entity_id:path}/attrs")
+@router.get("/entities/{entity_id:path}/attrs")
+async def attribute_name_missing(request: Request, entity_id: str) -> Response:
+    """``/entities/{id}/attrs/`` with no attribute name: the method is not allowed there."""
+    raise MethodNotAllowed(f"{request.method} needs an attribute name after /attrs/")
 
 
 @router.get("/entities/{entity_id:path}")
 async def retrieve_entity(request: Request, entity_id: str) -> Response:
     """Retrieve one entity in the requested representation."""
+    check_params(request, RETRIEVE_PARAMS)
     check_entity_id(entity_id)
     media_type = negotiate(request, geo=True)
     ctx = await context_of(request)
@@ -136,6 +160,7 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
 @router.delete("/entities/{entity_id:path}/attrs/{attr_name}", status_code=204)
 async def delete_attribute(request: Request, entity_id: str, attr_name: str) -> Response:
     """Delete an attribute (default instance, one datasetId, or all with deleteAll)."""
+    check_params(request, frozenset({"datasetId", "deleteAll", "local"}))
     check_entity_id(entity_id)
     ctx = await context_of(request)
     params = request.query_params
@@ -152,6 +177,7 @@ async def delete_attribute(request: Request, entity_id: str, attr_name: str) -> 
 @router.patch("/entities/{entity_id:path}/attrs/{attr_name}", status_code=204)
 async def partial_update_attribute(request: Request, entity_id: str, attr_name: str) -> Response:
     """Partially update one attribute: merge the fragment into the instance."""
+    check_params(request, NO_PARAMS)
     check_entity_id(entity_id)
     body = await read_body(request, allow_merge_patch=True)
     ctx = await context_of(request, body)
@@ -165,6 +191,7 @@ async def partial_update_attribute(request: Request, entity_id: str, attr_name: 
 @router.put("/entities/{entity_id:path}/attrs/{attr_name}", status_code=204)
 async def replace_attribute(request: Request, entity_id: str, attr_name: str) -> Response:
     """Replace one attribute."""
+    check_params(request, NO_PARAMS)
     check_entity_id(entity_id)
     body = await read_body(request)
     ctx = await context_of(request, body)
@@ -178,6 +205,7 @@ async def replace_attribute(request: Request, entity_id: str, attr_name: str) ->
 @router.post("/entities/{entity_id:path}/attrs", status_code=204)
 async def append_attributes(request: Request, entity_id: str) -> Response:
     """Append attributes; 207 with an UpdateResult when some were not appended."""
+    check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     body = await read_body(request)
     ctx = await context_of(request, body)
@@ -192,6 +220,7 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
 @router.patch("/entities/{entity_id:path}/attrs", status_code=204)
 async def update_attributes(request: Request, entity_id: str) -> Response:
     """Update existing attributes; 207 with an UpdateResult when some did not exist."""
+    check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     body = await read_body(request, allow_merge_patch=True)
     ctx = await context_of(request, body)
@@ -217,6 +246,7 @@ def _update_response(result: UpdateResult, ctx: CompiledContext) -> Response:
 @router.patch("/entities/{entity_id:path}", status_code=204)
 async def merge_entity(request: Request, entity_id: str) -> Response:
     """Merge-patch an entity."""
+    check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     body = await read_body(request, allow_merge_patch=True)
     ctx = await context_of(request, body)
@@ -229,6 +259,7 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
 @router.put("/entities/{entity_id:path}", status_code=204)
 async def replace_entity(request: Request, entity_id: str) -> Response:
     """Replace an entity."""
+    check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     body = await read_body(request)
     ctx = await context_of(request, body)
@@ -241,6 +272,7 @@ async def replace_entity(request: Request, entity_id: str) -> Response:
 @router.delete("/entities/{entity_id:path}", status_code=204)
 async def delete_entity(request: Request, entity_id: str) -> Response:
     """Delete an entity."""
+    check_params(request, frozenset({"type", "local"}))
     check_entity_id(entity_id)
     broker_of(request).delete_entity(tenant_of(request), entity_id)
     return Response(status_code=204)
