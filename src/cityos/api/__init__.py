@@ -1,0 +1,1 @@
+"""HTTP adapters: one sub-package per standard the platform speaks (NGSI-LD, ...)."""
