@@ -431,9 +431,8 @@ class CompiledContext:
     def context_value(self) -> Any:
         """The ``@context`` to put in a JSON-LD response body.
 
-        Core only: the core URL (a string). Otherwise the client's value - each
-        element of a list, or the single URL / object - followed by the core URL
-        unless the client already named a core context.
+        Core only: the core URL (a string). Otherwise exactly the client's value; the
+        core context applies implicitly and is not appended.
         """
         return self._context_value
 
@@ -551,11 +550,10 @@ class ContextResolver:
         depends: list[str] = []
         await self._flatten(value, (), locals_, depends)
         items = value if isinstance(value, list) else [value]
-        context_value: Any
-        if any(isinstance(i, str) and is_core_context_url(i) for i in items):
-            context_value = value
-        else:
-            context_value = [*items, CORE_CONTEXT_URL]
+        # Echo exactly what the client sent: NGSI-LD clients (and the ETSI suite)
+        # compare the response @context with the one they gave; the core context
+        # applies implicitly and is not appended.
+        context_value: Any = value
         urls = [i for i in items if not (isinstance(i, str) and is_core_context_url(i))]
         link_url: str | None = None
         if not urls:
