@@ -201,7 +201,9 @@ class QPattern:
         try:
             compiled = re.compile(self.source)
         except (re.error, OverflowError, RecursionError) as exc:
-            raise InvalidRequest(f"Invalid q: regular expression {self.source!r}: {exc}") from None
+            raise InvalidRequest(
+                f"regular expression {self.source!r} does not compile ({exc})"
+            ) from None
         object.__setattr__(self, "compiled", compiled)
 
     def render(self) -> str:
@@ -873,7 +875,8 @@ def _number(cur: _Cursor, token: str, start: int) -> int | float:
 
 def _parse_pattern(cur: _Cursor) -> QPattern:
     if cur.peek() == '"':
-        return QPattern(_parse_quoted(cur))
+        start = cur.pos
+        return _compile_pattern(cur, _parse_quoted(cur), start)
     start = i = cur.pos
     text = cur.text
     depth = 0
@@ -900,7 +903,14 @@ def _parse_pattern(cur: _Cursor) -> QPattern:
     if i == start:
         raise cur.error("expected a regular expression")
     cur.pos = i
-    return QPattern(text[start:i])
+    return _compile_pattern(cur, text[start:i], start)
+
+
+def _compile_pattern(cur: _Cursor, source: str, start: int) -> QPattern:
+    try:
+        return QPattern(source)
+    except InvalidRequest as exc:
+        raise cur.error(exc.detail, start) from None
 
 
 def _parse_operand(cur: _Cursor, op: QOperator) -> QOperand:
