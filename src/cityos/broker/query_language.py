@@ -77,7 +77,7 @@ import json
 import operator
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
@@ -315,17 +315,24 @@ _ORDERING: dict[QOperator, Callable[[Any, Any], bool]] = {
 }
 
 
-def _leaves(target: object) -> Iterator[object]:
+def _leaves(target: object) -> Sequence[object]:
     """The scalars a target value offers for comparison: array elements, unwrapped.
 
     ``{"@type": ..., "@value": v}`` (typed literal, e.g. a DateTime) compares as ``v``.
+    Returns the stored list itself when nothing needs unwrapping (the common case),
+    since this runs once per instance per term per entity.
     """
-    items: Iterable[object] = target if isinstance(target, list) else (target,)
-    for item in items:
-        if isinstance(item, dict) and "@value" in item:
-            yield item["@value"]
-        else:
-            yield item
+    if type(target) is list:
+        if any(type(item) is dict and "@value" in item for item in target):
+            return [item["@value"] if _is_typed(item) else item for item in target]
+        return target
+    if type(target) is dict and "@value" in target:
+        return (target["@value"],)
+    return (target,)
+
+
+def _is_typed(item: object) -> bool:
+    return type(item) is dict and "@value" in item
 
 
 # ------------------------------------------------------------------------ attribute paths
@@ -537,20 +544,22 @@ class QComparison(QExpression):
         test = self._leaf_test
         op = self.op
         for target, is_relationship in self.path.targets(entity):
-            if op is QOperator.EQ:
-                if any(test(leaf) for leaf in _leaves(target)):
+            if op is QOperator.NE:
+                for leaf in _leaves(target):
+                    if test(leaf):
+                        break
+                else:
                     return True
-            elif op is QOperator.NE:
-                if not any(test(leaf) for leaf in _leaves(target)):
-                    return True
-            elif is_relationship:
-                continue  # 4.9: only == and != apply to (List)Relationship targets
             elif op is QOperator.NOT_MATCH:
+                if is_relationship:
+                    continue  # 4.9: only == and != apply to (List)Relationship targets
                 strings = [leaf for leaf in _leaves(target) if isinstance(leaf, str)]
                 if strings and not any(test(s) for s in strings):
                     return True
-            elif any(test(leaf) for leaf in _leaves(target)):
-                return True
+            elif op is QOperator.EQ or not is_relationship:  # same 4.9 rule
+                for leaf in _leaves(target):
+                    if test(leaf):
+                        return True
         return False
 
     def expand(self, expand_term: ExpandTerm) -> QComparison:
