@@ -7,13 +7,10 @@ for example ``CITYOS_DATA_DIR=/var/lib/cityos`` or ``CITYOS_AUTH=off``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
-
-from pydantic import field_validator
 
 
 class Settings(BaseSettings):
@@ -31,7 +28,9 @@ class Settings(BaseSettings):
     auth: Literal["on", "off"] = "on"
     public_types: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Entity types (short names or IRIs) anyone may read without a key; comma-separated.",
+        description=(
+            "Entity types (short names or IRIs) anyone may read without a key; comma-separated."
+        ),
     )
     max_body_bytes: int = 1_000_000
     default_page_limit: int = 20

@@ -81,6 +81,6 @@ def is_sub_attribute_key(key: str) -> bool:
     return ":" in key
 
 
-def instance_value(instance: AttributeInstance) -> Any:  # noqa: ANN401 - JSON value
+def instance_value(instance: AttributeInstance) -> Any:  # Any: a JSON value
     """The value an instance carries, whatever its kind (``None`` when absent)."""
     return instance.get(VALUE_KEY_BY_KIND.get(instance.get("type", "Property"), "value"))

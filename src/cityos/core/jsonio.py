@@ -9,7 +9,7 @@ import orjson
 from cityos.core.errors import InvalidRequest
 
 
-def loads(data: bytes | str) -> Any:  # noqa: ANN401 - JSON is untyped by nature
+def loads(data: bytes | str) -> Any:  # Any: JSON is untyped by nature
     """Parse JSON text; raise ``InvalidRequest`` naming the position of a syntax error."""
     try:
         return orjson.loads(data)
