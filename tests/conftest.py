@@ -46,8 +46,12 @@ def start_server(settings: Settings) -> RunningServer:
     """Start uvicorn with ``create_app(settings)`` in a thread; return when /health answers."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-        loop="asyncio", lifespan="on",
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        loop="asyncio",
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -83,6 +87,7 @@ def client(server: RunningServer) -> Iterator[httpx.Client]:
 def uid() -> str:
     """A unique suffix so tests sharing a server never collide."""
     return uuid.uuid4().hex[:12]
+
 
 @dataclass
 class ContextServer:

@@ -65,8 +65,10 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         core = await resolver.resolve(None)
         app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
         if settings.auth == "off":
-            log.warning("Authentication is OFF (CITYOS_AUTH=off): anyone can write. "
-                        "Use this only for local development.")
+            log.warning(
+                "Authentication is OFF (CITYOS_AUTH=off): anyone can write. "
+                "Use this only for local development."
+            )
         yield
         store.close()
         keys.close()

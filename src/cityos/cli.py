@@ -23,7 +23,7 @@ PortOption = Annotated[int | None, typer.Option(help="Port to listen on")]
 DataDirOption = Annotated[Path | None, typer.Option(help="Directory for the SQLite database")]
 
 
-def _settings(**overrides: Any) -> Settings:  # noqa: ANN401 - pydantic field values
+def _settings(**overrides: Any) -> Settings:  # Any: pydantic field values
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -50,8 +50,9 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
 ) -> None:
     """Run the platform (NGSI-LD broker and APIs) / プラットフォームを起動します。"""
-    _run(_settings(host=host, port=port, data_dir=data_dir, database=database),
-         access_log=access_log)
+    _run(
+        _settings(host=host, port=port, data_dir=data_dir, database=database), access_log=access_log
+    )
 
 
 @app.command()
@@ -72,8 +73,10 @@ def demo(
     key, _ = keys.create("toyama-city", "admin")
     keys.close()
     base = f"http://{settings.host}:{settings.port}"
-    console.print(f"[bold green]cityos demo[/] — {created} Toyama entities ready / "
-                  "富山市のデモデータを用意しました")
+    console.print(
+        f"[bold green]cityos demo[/] — {created} Toyama entities ready / "
+        "富山市のデモデータを用意しました"
+    )
     console.print(f"  NGSI-LD API: {base}/ngsi-ld/v1/entities?type=WaterObserved")
     console.print(f"  API docs:    {base}/docs")
     console.print(f"  Admin API key (shown once) / 管理者APIキー（一度だけ表示）: [bold]{key}[/]")
@@ -100,8 +103,11 @@ def keys_create(
     finally:
         keys.close()
     typer.echo(key)
-    console.print(f"key id {principal.key_id} for {org} ({role}); store it now, it is not "
-                  "shown again / このキーは再表示されません", style="dim", stderr=True)
+    Console(stderr=True).print(
+        f"key id {principal.key_id} for {org} ({role}); store it now, it is not "
+        "shown again / このキーは再表示されません",
+        style="dim",
+    )
 
 
 @keys_app.command("list")

@@ -24,7 +24,7 @@ RIVER_NAMES_EN = {
 }
 
 
-def load_reference(name: str) -> Any:  # noqa: ANN401 - JSON document
+def load_reference(name: str) -> Any:  # Any: JSON document
     """A reference data file bundled with the package (``cityos/data/reference``)."""
     text = resources.files("cityos").joinpath("data", "reference", name).read_text("utf-8")
     return json.loads(text)
@@ -52,10 +52,14 @@ def gauge_entities() -> list[dict[str, Any]]:
             },
             "river": {"type": "Property", "value": gauge["river"]},
             "evacuationDecisionLevel": {
-                "type": "Property", "value": gauge["evacuation_decision_m"], "unitCode": "MTR",
+                "type": "Property",
+                "value": gauge["evacuation_decision_m"],
+                "unitCode": "MTR",
             },
             "floodDangerLevel": {
-                "type": "Property", "value": gauge["flood_danger_m"], "unitCode": "MTR",
+                "type": "Property",
+                "value": gauge["flood_danger_m"],
+                "unitCode": "MTR",
             },
             "dataProvider": {"type": "Property", "value": "Toyama City demo data"},
         }

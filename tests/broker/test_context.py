@@ -249,7 +249,7 @@ def test_preseeded_map_is_served_from_disk(tmp_path: Path) -> None:
         ctx = await resolver.resolve(url)
         assert ctx.expand("speed") == "http://x.org/speed"
         assert ctx.link_url == url
-        assert ctx.context_value == [url, CORE_CONTEXT_URL]
+        assert ctx.context_value == url
         entry = resolver.store.get_by_url(url)
         assert entry is not None and entry.kind == "Cached"
         await resolver.aclose()
@@ -380,7 +380,7 @@ def test_inline_contexts_get_an_implicitly_created_copy() -> None:
         resolver.base_url = "http://broker.test"
         inline = {"speed": "http://x.org/speed"}
         ctx = await resolver.resolve(inline)
-        assert ctx.context_value == [inline, CORE_CONTEXT_URL]
+        assert ctx.context_value == inline
         url = ctx.link_url
         assert url.startswith("http://broker.test/ngsi-ld/v1/jsonldContexts/")
         assert ctx.link_url == url  # created once

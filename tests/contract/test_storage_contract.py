@@ -31,17 +31,27 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
 
 
 def entity(
-    entity_id: str, types: list[str] | None = None, *, lon: float | None = None,
-    lat: float | None = None, temperature: float | None = None,
+    entity_id: str,
+    types: list[str] | None = None,
+    *,
+    lon: float | None = None,
+    lat: float | None = None,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     if temperature is not None:
         attrs[TEMP] = [{"type": "Property", "value": temperature}]
     if lon is not None and lat is not None:
-        attrs[LOC] = [{"type": "GeoProperty",
-                       "value": {"type": "Point", "coordinates": [lon, lat]}}]
-    return {"id": entity_id, "type": types or [T], "createdAt": "2026-01-01T00:00:00.000Z",
-            "modifiedAt": "2026-01-01T00:00:00.000Z", "attrs": attrs}
+        attrs[LOC] = [
+            {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}}
+        ]
+    return {
+        "id": entity_id,
+        "type": types or [T],
+        "createdAt": "2026-01-01T00:00:00.000Z",
+        "modifiedAt": "2026-01-01T00:00:00.000Z",
+        "attrs": attrs,
+    }
 
 
 def ids(storage: Storage, scan: EntityScan, tenant: str = DEFAULT_TENANT) -> list[str]:
@@ -111,7 +121,9 @@ def test_scan_returns_insertion_order_and_honours_after_pk(storage: Storage) -> 
         (EntityScan(geo_attr=LOC, geo_bbox=(0, 0, 1, 1)), []),
     ],
 )
-def test_scan_narrows_by_each_index(storage: Storage, scan: EntityScan, expected: list[str]) -> None:
+def test_scan_narrows_by_each_index(
+    storage: Storage, scan: EntityScan, expected: list[str]
+) -> None:
     storage.insert(DEFAULT_TENANT, entity("urn:a", [T], lon=137.21, lat=36.69, temperature=5))
     storage.insert(DEFAULT_TENANT, entity("urn:b", [U]))
     storage.insert(DEFAULT_TENANT, entity("urn:c", [T, U], lon=140.0, lat=35.0, temperature=1))
@@ -132,7 +144,9 @@ def test_discovery_counts_types_and_attributes(storage: Storage) -> None:
     storage.insert(DEFAULT_TENANT, entity("urn:b", [T], temperature=2, lon=1, lat=1))
     storage.insert(DEFAULT_TENANT, entity("urn:c", [U]))
     assert storage.type_counts(DEFAULT_TENANT) == {T: 2, U: 1}
-    usage = {(u.type_iri, u.attr_iri, u.kind): u.entity_count
-             for u in storage.attribute_usage(DEFAULT_TENANT)}
+    usage = {
+        (u.type_iri, u.attr_iri, u.kind): u.entity_count
+        for u in storage.attribute_usage(DEFAULT_TENANT)
+    }
     assert usage == {(T, TEMP, "Property"): 2, (T, LOC, "GeoProperty"): 1}
     assert storage.count_all(DEFAULT_TENANT) == 3

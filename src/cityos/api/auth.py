@@ -24,11 +24,11 @@ _READ_POST_PATHS = frozenset({"/ngsi-ld/v1/entityOperations/query"})
 def _key_of(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == b"x-api-key":
-            return value.decode("latin-1").strip()
+            return str(value.decode("latin-1")).strip()
         if name == b"authorization":
             text = value.decode("latin-1").strip()
             if text.lower().startswith("bearer "):
-                return text[7:].strip()
+                return str(text[7:]).strip()
     return None
 
 
@@ -77,7 +77,9 @@ def principal_of(request: Request) -> Principal | None:
     return principal
 
 
-def check_public_read(request: Request, type_iris: Iterable[str], *, any_public: bool = False) -> None:
+def check_public_read(
+    request: Request, type_iris: Iterable[str], *, any_public: bool = False
+) -> None:
     """Refuse an anonymous read of non-public types (no-op with a key or with auth off).
 
     For a query every requested type must be public; for one entity (``any_public``) one

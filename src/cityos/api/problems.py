@@ -40,7 +40,7 @@ def problem_type(error: errors.CityosError) -> str:
     if type(error).__name__ == "NonexistentTenant":
         return NGSI_LD_ERRORS + "NonexistentTenant"
     for cls in type(error).__mro__:
-        name = _TYPE_BY_CLASS.get(cls)  # type: ignore[call-overload]
+        name = _TYPE_BY_CLASS.get(cls)
         if name is not None:
             return NGSI_LD_ERRORS + name
     return NGSI_LD_ERRORS + "InternalError"

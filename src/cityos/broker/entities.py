@@ -26,19 +26,44 @@ ExpandTerm = Callable[[str], str]
 NULL_URI = "urn:ngsi-ld:null"
 """The NGSI-LD null: in a merge, an attribute with this value is deleted."""
 
-ENTITY_RESERVED = frozenset({"id", "type", "scope", "@context", "createdAt", "modifiedAt",
-                             "deletedAt", "@id", "@type"})
+ENTITY_RESERVED = frozenset(
+    {"id", "type", "scope", "@context", "createdAt", "modifiedAt", "deletedAt", "@id", "@type"}
+)
 INSTANCE_RESERVED = frozenset(
     {
-        "type", "value", "object", "objectType", "languageMap", "json", "vocab", "valueList",
-        "objectList", "observedAt", "unitCode", "datasetId", "createdAt", "modifiedAt",
-        "deletedAt", "lang", "@context", "instanceId", "previousValue", "entity",
+        "type",
+        "value",
+        "object",
+        "objectType",
+        "languageMap",
+        "json",
+        "vocab",
+        "valueList",
+        "objectList",
+        "observedAt",
+        "unitCode",
+        "datasetId",
+        "createdAt",
+        "modifiedAt",
+        "deletedAt",
+        "lang",
+        "@context",
+        "instanceId",
+        "previousValue",
+        "entity",
     }
 )
 GEO_ATTRIBUTE_NAMES = frozenset({"location", "observationSpace", "operationSpace"})
 GEOJSON_TYPES = frozenset(
-    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
-     "GeometryCollection"}
+    {
+        "Point",
+        "MultiPoint",
+        "LineString",
+        "MultiLineString",
+        "Polygon",
+        "MultiPolygon",
+        "GeometryCollection",
+    }
 )
 
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]+$")
@@ -135,8 +160,9 @@ def parse_attributes(
         if allow_null and is_null_value(raw):
             attrs[iri] = []
             continue
-        attrs[iri] = parse_attribute(name, raw, expand, now, entity_id=entity_id,
-                                     allow_null=allow_null)
+        attrs[iri] = parse_attribute(
+            name, raw, expand, now, entity_id=entity_id, allow_null=allow_null
+        )
     return attrs
 
 
@@ -250,8 +276,7 @@ def parse_instance(
     assert isinstance(raw, dict)
     if kind == "GeoProperty" and "coordinates" in raw:
         raw = {"value": raw}
-    if kind is None:
-        kind = raw["type"]
+    kind = kind if kind is not None else str(raw["type"])
     value_key = VALUE_KEY_BY_KIND[kind]
     instance: AttributeInstance = {"type": kind}
     if value_key not in raw:
@@ -303,8 +328,8 @@ def _parse_fragment(
 
 
 def _parse_value(
-    where: str, kind: str, value: Any, expand: ExpandTerm, allow_null: bool  # noqa: ANN401
-) -> Any:  # noqa: ANN401 - JSON value
+    where: str, kind: str, value: Any, expand: ExpandTerm, allow_null: bool
+) -> Any:  # Any: JSON value
     if value is None and not allow_null:
         raise BadRequestData(f"{where}: null is not a valid value")
     if kind == "Relationship":
@@ -314,10 +339,14 @@ def _parse_value(
     elif kind == "GeoProperty":
         validate_geojson_geometry(value)
     elif kind == "LanguageProperty":
-        if not isinstance(value, dict) or not value or not all(
-            isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str)
-                                                                      for t in text))
-            for text in value.values()
+        if (
+            not isinstance(value, dict)
+            or not value
+            or not all(
+                isinstance(text, str)
+                or (isinstance(text, list) and all(isinstance(t, str) for t in text))
+                for text in value.values()
+            )
         ):
             raise BadRequestData(f"{where}: languageMap must map language tags to strings")
     elif kind == "VocabProperty":
@@ -326,15 +355,16 @@ def _parse_value(
             raise BadRequestData(f"{where}: vocab must be a term or a list of terms")
         expanded = [expand(term) for term in terms]
         return expanded if isinstance(value, list) else expanded[0]
-    elif kind == "ListProperty":
-        if not isinstance(value, list):
-            raise BadRequestData(f"{where}: valueList must be a list")
-    elif kind == "ListRelationship":
-        if not isinstance(value, list) or not all(
+    elif kind == "ListProperty" and not isinstance(value, list):
+        raise BadRequestData(f"{where}: valueList must be a list")
+    elif kind == "ListRelationship" and (
+        not isinstance(value, list)
+        or not all(
             is_uri(item) or (isinstance(item, dict) and is_uri(item.get("object")))
             for item in value
-        ):
-            raise BadRequestData(f"{where}: objectList must be a list of URIs")
+        )
+    ):
+        raise BadRequestData(f"{where}: objectList must be a list of URIs")
     return value
 
 

@@ -43,7 +43,9 @@ class RenderOptions:
     dataset_ids: frozenset[str] | None = None
 
 
-def render_entity(entity: StoredEntity, compact: CompactIri, options: RenderOptions) -> dict[str, Any]:
+def render_entity(
+    entity: StoredEntity, compact: CompactIri, options: RenderOptions
+) -> dict[str, Any]:
     """Render one stored entity as a JSON object (without ``@context``)."""
     out: dict[str, Any] = {}
     if _kept("id", options):
@@ -64,9 +66,7 @@ def render_entity(entity: StoredEntity, compact: CompactIri, options: RenderOpti
         if not _kept(attr_iri, options):
             continue
         if options.dataset_ids is not None:
-            instances = [
-                i for i in instances if i.get("datasetId", "@none") in options.dataset_ids
-            ]
+            instances = [i for i in instances if i.get("datasetId", "@none") in options.dataset_ids]
         if not instances:
             continue
         out[compact(attr_iri)] = render_attribute(instances, compact, options)
@@ -81,7 +81,7 @@ def _kept(member: str, options: RenderOptions) -> bool:
 
 def render_attribute(
     instances: list[AttributeInstance], compact: CompactIri, options: RenderOptions
-) -> Any:  # noqa: ANN401 - JSON value
+) -> Any:  # Any: JSON value
     """Render an attribute: one instance as an object, several as a list."""
     if options.format == "keyValues":
         chosen = next((i for i in instances if "datasetId" not in i), instances[0])
@@ -90,7 +90,7 @@ def render_attribute(
     return rendered[0] if len(rendered) == 1 else rendered
 
 
-def key_value(instance: AttributeInstance, compact: CompactIri, lang: str | None) -> Any:  # noqa: ANN401
+def key_value(instance: AttributeInstance, compact: CompactIri, lang: str | None) -> Any:
     """The simplified (keyValues) value of an instance."""
     kind = instance.get("type", "Property")
     value = instance.get(VALUE_KEY_BY_KIND.get(kind, "value"))
@@ -109,7 +109,7 @@ def key_value(instance: AttributeInstance, compact: CompactIri, lang: str | None
 
 def render_instance(
     instance: AttributeInstance, compact: CompactIri, options: RenderOptions
-) -> Any:  # noqa: ANN401 - JSON value
+) -> Any:  # Any: JSON value
     """Render one instance in normalized or concise form."""
     kind = instance.get("type", "Property")
     value_key = VALUE_KEY_BY_KIND.get(kind, "value")
@@ -142,7 +142,7 @@ def render_instance(
     return out
 
 
-def _concise(rendered: dict[str, Any]) -> Any:  # noqa: ANN401 - JSON value
+def _concise(rendered: dict[str, Any]) -> Any:  # Any: JSON value
     """Drop what the concise form implies: the kind, and the wrapper of a bare scalar value."""
     kind = rendered.pop("type", "Property")
     if kind == "Property" and set(rendered) == {"value"}:
@@ -154,13 +154,13 @@ def _concise(rendered: dict[str, Any]) -> Any:  # noqa: ANN401 - JSON value
     return rendered
 
 
-def _compact_vocab(value: Any, compact: CompactIri) -> Any:  # noqa: ANN401 - JSON value
+def _compact_vocab(value: Any, compact: CompactIri) -> Any:  # Any: JSON value
     if isinstance(value, list):
         return [compact(v) for v in value]
     return compact(value) if isinstance(value, str) else value
 
 
-def pick_language(language_map: Any, lang: str) -> tuple[str | None, Any]:  # noqa: ANN401
+def pick_language(language_map: Any, lang: str) -> tuple[str | None, Any]:
     """Choose the text of a languageMap for an NGSI-LD ``lang`` filter.
 
     Tags are tried in preference order (``q`` weights honoured); ``*`` takes any. Falls
@@ -211,5 +211,9 @@ def to_geojson_feature(
     elif geo is not None and key_values:
         geometry = geo
     properties = {k: v for k, v in rendered.items() if k != "id"}
-    return {"id": rendered.get("id"), "type": "Feature", "geometry": geometry,
-            "properties": properties}
+    return {
+        "id": rendered.get("id"),
+        "type": "Feature",
+        "geometry": geometry,
+        "properties": properties,
+    }

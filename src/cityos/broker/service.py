@@ -11,9 +11,10 @@ one process they are atomic; across processes the storage transaction makes them
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
 from cityos.broker.entities import (
     ENTITY_RESERVED,
     ExpandTerm,
@@ -168,7 +169,9 @@ class ContextBroker:
         self._merge_into(entity, payload, expand)
         self.storage.update(tenant, entity)
 
-    def _merge_into(self, entity: StoredEntity, payload: dict[str, Any], expand: ExpandTerm) -> None:
+    def _merge_into(
+        self, entity: StoredEntity, payload: dict[str, Any], expand: ExpandTerm
+    ) -> None:
 
         now = now_iso()
         if "type" in payload:
@@ -187,9 +190,11 @@ class ContextBroker:
             check_attribute_name(name)
             iri = expand(name)
             existing = attrs.get(iri, [])
-            fragments = raw if isinstance(raw, list) and raw and all(
-                isinstance(item, dict) for item in raw
-            ) else [raw]
+            fragments = (
+                raw
+                if isinstance(raw, list) and raw and all(isinstance(item, dict) for item in raw)
+                else [raw]
+            )
             for fragment in fragments:
                 dataset_id = fragment.get("datasetId") if isinstance(fragment, dict) else None
                 target = _find_instance(existing, dataset_id)
@@ -203,8 +208,13 @@ class ContextBroker:
                     )
                     continue
                 patch = parse_instance(
-                    name, fragment, expand, now, entity_id=entity["id"],
-                    partial_of=target.get("type", "Property"), allow_null=True,
+                    name,
+                    fragment,
+                    expand,
+                    now,
+                    entity_id=entity["id"],
+                    partial_of=target.get("type", "Property"),
+                    allow_null=True,
                 )
                 _merge_instance(target, patch, now)
             if existing:
@@ -298,7 +308,11 @@ class ContextBroker:
             raise ResourceNotFound(f"Attribute {name} not found in entity {entity_id}")
         now = now_iso()
         patch = parse_instance(
-            name, fragment, expand, now, entity_id=entity_id,
+            name,
+            fragment,
+            expand,
+            now,
+            entity_id=entity_id,
             partial_of=target.get("type", "Property"),
         )
         _merge_instance(target, patch, now)
@@ -405,7 +419,7 @@ class ContextBroker:
 
     # -- batches --------------------------------------------------------------------
 
-    def batch_create(self, tenant: str, items: list[tuple[Any, ExpandTerm]]) -> BatchResult:
+    def batch_create(self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]]) -> BatchResult:
         """Create each entity; one failing does not stop the others."""
         result = BatchResult()
         with self.storage.transaction():
@@ -421,7 +435,7 @@ class ContextBroker:
         return result
 
     def batch_upsert(
-        self, tenant: str, items: list[tuple[Any, ExpandTerm]], *, replace: bool = True
+        self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]], *, replace: bool = True
     ) -> BatchResult:
         """Create missing entities; replace (or update, with ``replace=False``) existing ones."""
         result = BatchResult()
@@ -444,7 +458,7 @@ class ContextBroker:
         return result
 
     def batch_update(
-        self, tenant: str, items: list[tuple[Any, ExpandTerm]], *, no_overwrite: bool = False
+        self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]], *, no_overwrite: bool = False
     ) -> BatchResult:
         """Append attributes to each existing entity (``noOverwrite`` keeps existing ones)."""
         result = BatchResult()
@@ -465,7 +479,7 @@ class ContextBroker:
                     result.success.append(entity_id)
         return result
 
-    def batch_merge(self, tenant: str, items: list[tuple[Any, ExpandTerm]]) -> BatchResult:
+    def batch_merge(self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]]) -> BatchResult:
         """Merge-patch each existing entity."""
         result = BatchResult()
         with self.storage.transaction():
@@ -488,7 +502,6 @@ class ContextBroker:
             for raw_id in entity_ids:
                 entity_id = raw_id if isinstance(raw_id, str) else repr(raw_id)
                 try:
-
                     check_entity_id(raw_id)
                     self.delete_entity(tenant, entity_id)
                 except CityosError as error:
@@ -531,8 +544,10 @@ def _merge_instance(target: AttributeInstance, patch: AttributeInstance, now: st
             continue
         if is_sub_attribute_key(key):
             existing = target.get(key)
-            if isinstance(existing, dict) and isinstance(value, dict) and (
-                value.get("type") == existing.get("type")
+            if (
+                isinstance(existing, dict)
+                and isinstance(value, dict)
+                and (value.get("type") == existing.get("type"))
             ):
                 _merge_instance(existing, value, now)
             else:

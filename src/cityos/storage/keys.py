@@ -74,7 +74,7 @@ class SqliteKeyStore:
                 (key_id, _hash(key), org, role, now_iso()),
             )
             self._cache.clear()
-        return key, Principal(org=org, role=role, key_id=key_id)  # type: ignore[arg-type]
+        return key, Principal(org=org, role=role, key_id=key_id)
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by its id; ``False`` when there is no such key."""

@@ -107,7 +107,7 @@ class SqliteStorage:
         row = self._db.execute(
             "SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
         ).fetchone()
-        return None if row is None else orjson.loads(row[0])  # type: ignore[no-any-return]
+        return None if row is None else orjson.loads(row[0])
 
     def get_many(self, tenant: str, entity_ids: list[str]) -> dict[str, StoredEntity]:
         found: dict[str, StoredEntity] = {}
@@ -143,15 +143,13 @@ class SqliteStorage:
         if scan.types_any is not None:
             marks = ",".join("?" * len(scan.types_any))
             where.append(
-                "e.pk IN (SELECT pk FROM entity_types WHERE tenant = ? "
-                f"AND type IN ({marks}))"
+                f"e.pk IN (SELECT pk FROM entity_types WHERE tenant = ? AND type IN ({marks}))"
             )
             params.extend([tenant, *sorted(scan.types_any)])
         if scan.attrs_any is not None:
             marks = ",".join("?" * len(scan.attrs_any))
             where.append(
-                "e.pk IN (SELECT pk FROM entity_attrs WHERE tenant = ? "
-                f"AND attr IN ({marks}))"
+                f"e.pk IN (SELECT pk FROM entity_attrs WHERE tenant = ? AND attr IN ({marks}))"
             )
             params.extend([tenant, *sorted(scan.attrs_any)])
         if scan.geo_bbox is not None:
@@ -219,9 +217,7 @@ class SqliteStorage:
             if row is None:
                 raise ResourceNotFound(f"Entity {entity['id']} not found")
             pk, old_doc = row
-            self._db.execute(
-                "UPDATE entities SET doc = ? WHERE pk = ?", (orjson.dumps(entity), pk)
-            )
+            self._db.execute("UPDATE entities SET doc = ? WHERE pk = ?", (orjson.dumps(entity), pk))
             self._write_index(tenant, pk, index_rows(entity), index_rows(orjson.loads(old_doc)))
 
     def delete(self, tenant: str, entity_id: str) -> bool:

@@ -1,4 +1,4 @@
-"""Routes of ``/entityOperations`` (batch create, upsert, update, delete, merge, query) and purge."""
+"""Routes of ``/entityOperations`` (create, upsert, update, delete, merge, query) and purge."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from cityos.api.ngsild.common import (
     tenant_of,
 )
 from cityos.api.ngsild.params import (
+    bool_param,
     compile_id_pattern,
     entity_query,
     int_param,
-    bool_param,
     options_of,
     render_options,
 )
@@ -71,8 +71,9 @@ def _batch_response(result: BatchResult, *, success_status: int, body_on_success
         }
         return Response(dumps(data), status_code=207, media_type="application/json")
     if body_on_success:
-        return Response(dumps(result.success), status_code=success_status,
-                        media_type="application/json")
+        return Response(
+            dumps(result.success), status_code=success_status, media_type="application/json"
+        )
     return Response(status_code=success_status)
 
 
@@ -155,16 +156,20 @@ async def query_post(request: Request) -> Response:
     check_public_read(
         request,
         set().union(*(s.types.type_names() for s in query.selectors if s.types is not None))
-        if query.selectors and all(s.types is not None for s in query.selectors) else (),
+        if query.selectors and all(s.types is not None for s in query.selectors)
+        else (),
     )
     result = broker_of(request).query_entities(tenant_of(request), query)
     options = render_options(request.query_params, ctx)
     attrs = data.get("attrs")
     if isinstance(attrs, list):
         options = RenderOptions(
-            format=options.format, sys_attrs=options.sys_attrs,
-            attrs=frozenset(ctx.expand(a) for a in attrs), pick=options.pick,
-            omit=options.omit, lang=data.get("lang", options.lang),
+            format=options.format,
+            sys_attrs=options.sys_attrs,
+            attrs=frozenset(ctx.expand(a) for a in attrs),
+            pick=options.pick,
+            omit=options.omit,
+            lang=data.get("lang", options.lang),
         )
     rendered = [render_entity(e, ctx.compact, options) for e in result.entities]
     headers = {}
@@ -184,7 +189,8 @@ def _query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Reques
                 ids=frozenset(ids if isinstance(ids, list) else [ids]) if ids else None,
                 id_pattern=compile_id_pattern(raw.get("idPattern")),
                 types=parse_type_selector(raw["type"]).expand(ctx.expand)
-                if "type" in raw else None,
+                if "type" in raw
+                else None,
             )
         )
     geo_q = data.get("geoQ")
@@ -194,13 +200,15 @@ def _query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Reques
             raise BadRequestData("geoQ must be an object")
         coordinates = geo_q.get("coordinates")
         geo = parse_geo_query(
-            geo_q.get("georel"), geo_q.get("geometry"),
-            coordinates if coordinates is not None else None, geo_q.get("geoproperty"),
+            geo_q.get("georel"),
+            geo_q.get("geometry"),
+            coordinates if coordinates is not None else None,
+            geo_q.get("geoproperty"),
         )
     attrs = data.get("attrs")
-    if attrs is not None and (not isinstance(attrs, list) or not all(
-        isinstance(a, str) for a in attrs
-    )):
+    if attrs is not None and (
+        not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs)
+    ):
         raise BadRequestData("attrs must be a list of attribute names")
     if not selectors and attrs is None and "q" not in data and geo is None:
         raise BadRequestData("Give at least one of entities, attrs, q or geoQ")
@@ -212,8 +220,7 @@ def _query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Reques
         scope_q=parse_scope_q(data["scopeQ"]) if "scopeQ" in data else None,
         geo=geo,
         geo_attr=ctx.expand(geo.geoproperty) if geo is not None else None,
-        limit=int_param(params, "limit", request.app.state.settings.default_page_limit,
-                        minimum=0),
+        limit=int_param(params, "limit", request.app.state.settings.default_page_limit, minimum=0),
         offset=int_param(params, "offset", 0, minimum=0),
         count=bool_param(params, "count"),
     )

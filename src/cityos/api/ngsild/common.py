@@ -116,7 +116,7 @@ async def context_of(request: Request, body: Body | None = None) -> CompiledCont
     return await resolver.resolve(link_context_url(request))
 
 
-def _body_contexts(data: Any) -> Any:  # noqa: ANN401 - JSON value
+def _body_contexts(data: Any) -> Any:  # Any: JSON value
     if isinstance(data, dict):
         return data.get("@context")
     if isinstance(data, list):
@@ -126,7 +126,7 @@ def _body_contexts(data: Any) -> Any:  # noqa: ANN401 - JSON value
     return None
 
 
-def strip_context(data: Any) -> Any:  # noqa: ANN401 - JSON value
+def strip_context(data: Any) -> Any:  # Any: JSON value
     """The body without its @context member(s)."""
     if isinstance(data, dict) and "@context" in data:
         return {k: v for k, v in data.items() if k != "@context"}
@@ -168,7 +168,7 @@ def link_header(ctx: CompiledContext) -> str:
 
 
 def ngsi_response(
-    data: Any,  # noqa: ANN401 - JSON value
+    data: Any,  # Any: JSON value
     ctx: CompiledContext,
     media_type: str,
     *,
@@ -211,9 +211,11 @@ class TrailingSlashMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(self.prefix) and path.endswith("/") and len(path) > len(
-                self.prefix
-            ) + 1:
+            if (
+                path.startswith(self.prefix)
+                and path.endswith("/")
+                and len(path) > len(self.prefix) + 1
+            ):
                 scope = dict(scope)
                 scope["path"] = path[:-1]
                 raw = scope.get("raw_path")

@@ -118,8 +118,9 @@ async def list_attributes(request: Request) -> Response:
     ctx = await context_of(request)
     details = _attribute_details(_usage(request))
     if bool_param(request.query_params, "details"):
-        data: object = [_attribute_object(attr_iri, info, ctx.compact)
-                        for attr_iri, info in details.items()]
+        data: object = [
+            _attribute_object(attr_iri, info, ctx.compact) for attr_iri, info in details.items()
+        ]
     else:
         data = {
             "id": f"urn:ngsi-ld:AttributeList:{uuid.uuid4()}",
@@ -138,13 +139,12 @@ async def retrieve_attribute(request: Request, attr_name: str) -> Response:
     details = _attribute_details(_usage(request))
     if attr_iri not in details:
         raise ResourceNotFound(f"No entity has attribute {attr_name}")
-    return ngsi_response(_attribute_object(attr_iri, details[attr_iri], ctx.compact), ctx,
-                         media_type)
+    return ngsi_response(
+        _attribute_object(attr_iri, details[attr_iri], ctx.compact), ctx, media_type
+    )
 
 
-def _attribute_object(
-    attr_iri: str, info: dict[str, object], compact: object
-) -> dict[str, object]:
+def _attribute_object(attr_iri: str, info: dict[str, object], compact: object) -> dict[str, object]:
     assert callable(compact)
     types = info["types"]
     assert isinstance(types, list)

@@ -10,9 +10,9 @@ from starlette.responses import Response
 
 from cityos.api.auth import check_public_read
 from cityos.api.ngsild.common import (
-    check_params,
     GEO_JSON,
     broker_of,
+    check_params,
     context_of,
     negotiate,
     ngsi_response,
@@ -27,13 +27,13 @@ from cityos.api.ngsild.params import (
     render_options,
 )
 from cityos.broker.context import CompiledContext
+from cityos.broker.entities import check_entity_id
+from cityos.broker.query_language import parse_type_selector
 from cityos.broker.representation import (
     RenderOptions,
     render_entity,
     to_geojson_feature,
 )
-from cityos.broker.entities import check_entity_id
-from cityos.broker.query_language import parse_type_selector
 from cityos.broker.service import UpdateResult
 from cityos.core.errors import BadRequestData, MethodNotAllowed, ResourceNotFound
 from cityos.core.jsonio import dumps
@@ -42,12 +42,42 @@ router = APIRouter()
 
 GEO_PARAMS = frozenset({"georel", "geometry", "coordinates", "geoproperty"})
 RENDER_PARAMS = frozenset(
-    {"attrs", "pick", "omit", "options", "format", "lang", "geometryProperty", "datasetId",
-     "join", "joinLevel", "local", "containedBy", "entityMap", "expandValues", "via"}
+    {
+        "attrs",
+        "pick",
+        "omit",
+        "options",
+        "format",
+        "lang",
+        "geometryProperty",
+        "datasetId",
+        "join",
+        "joinLevel",
+        "local",
+        "containedBy",
+        "entityMap",
+        "expandValues",
+        "via",
+    }
 )
-QUERY_PARAMS = RENDER_PARAMS | GEO_PARAMS | frozenset(
-    {"id", "idPattern", "type", "q", "csf", "scopeQ", "limit", "offset", "count", "orderBy",
-     "collect"}
+QUERY_PARAMS = (
+    RENDER_PARAMS
+    | GEO_PARAMS
+    | frozenset(
+        {
+            "id",
+            "idPattern",
+            "type",
+            "q",
+            "csf",
+            "scopeQ",
+            "limit",
+            "offset",
+            "count",
+            "orderBy",
+            "collect",
+        }
+    )
 )
 RETRIEVE_PARAMS = RENDER_PARAMS | frozenset({"type"})
 NO_PARAMS: frozenset[str] = frozenset({"local"})
@@ -55,7 +85,7 @@ NO_PARAMS: frozenset[str] = frozenset({"local"})
 ENTITY_PATH = "/ngsi-ld/v1/entities/"
 
 
-def _object_body(data: Any) -> dict[str, Any]:  # noqa: ANN401 - JSON value
+def _object_body(data: Any) -> dict[str, Any]:  # Any: JSON value
     if not isinstance(data, dict):
         raise BadRequestData("The body must be a JSON object")
     return data
@@ -83,9 +113,7 @@ async def query_entities(request: Request) -> Response:
     if not any(
         key in params for key in ("type", "id", "idPattern", "attrs", "q", "georel", "scopeQ")
     ) and not bool_param(params, "local"):
-        raise BadRequestData(
-            "Give at least one of type, id, idPattern, attrs, q, georel or scopeQ"
-        )
+        raise BadRequestData("Give at least one of type, id, idPattern, attrs, q, georel or scopeQ")
     broker = broker_of(request)
     query = entity_query(params, ctx, default_limit=request.app.state.settings.default_page_limit)
     selector_types = query.selectors[0].types if query.selectors else None
@@ -147,9 +175,10 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     params = request.query_params
     entity = broker_of(request).retrieve_entity(tenant_of(request), entity_id)
     check_public_read(request, entity["type"], any_public=True)
-    if "type" in params:
-        if not parse_type_selector(params["type"]).expand(ctx.expand).matches(entity["type"]):
-            raise ResourceNotFound(f"Entity {entity_id} is not of type {params['type']}")
+    if "type" in params and not (
+        parse_type_selector(params["type"]).expand(ctx.expand).matches(entity["type"])
+    ):
+        raise ResourceNotFound(f"Entity {entity_id} is not of type {params['type']}")
     options = render_options(params, ctx)
     rendered = render_entity(entity, ctx.compact, options)
     if media_type == GEO_JSON:
@@ -182,7 +211,10 @@ async def partial_update_attribute(request: Request, entity_id: str, attr_name: 
     body = await read_body(request, allow_merge_patch=True)
     ctx = await context_of(request, body)
     broker_of(request).partial_update_attribute(
-        tenant_of(request), entity_id, attr_name, _object_body(strip_context(body.data)),
+        tenant_of(request),
+        entity_id,
+        attr_name,
+        _object_body(strip_context(body.data)),
         ctx.expand,
     )
     return Response(status_code=204)
@@ -196,7 +228,10 @@ async def replace_attribute(request: Request, entity_id: str, attr_name: str) ->
     body = await read_body(request)
     ctx = await context_of(request, body)
     broker_of(request).replace_attribute(
-        tenant_of(request), entity_id, attr_name, _object_body(strip_context(body.data)),
+        tenant_of(request),
+        entity_id,
+        attr_name,
+        _object_body(strip_context(body.data)),
         ctx.expand,
     )
     return Response(status_code=204)
@@ -211,7 +246,10 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
     ctx = await context_of(request, body)
     no_overwrite = "noOverwrite" in options_of(request.query_params)
     result = broker_of(request).append_attributes(
-        tenant_of(request), entity_id, _object_body(strip_context(body.data)), ctx.expand,
+        tenant_of(request),
+        entity_id,
+        _object_body(strip_context(body.data)),
+        ctx.expand,
         no_overwrite=no_overwrite,
     )
     return _update_response(result, ctx)

@@ -6,13 +6,13 @@ import re
 
 from starlette.datastructures import QueryParams
 
+from cityos.api.ngsild.common import split_list
 from cityos.broker.context import CompiledContext
 from cityos.broker.geoquery import parse_geo_query
 from cityos.broker.query_language import parse_q, parse_scope_q, parse_type_selector
 from cityos.broker.representation import Format, RenderOptions
 from cityos.broker.service import EntityQuery, EntitySelector
 from cityos.core.errors import BadRequestData
-from cityos.api.ngsild.common import split_list
 
 _FORMATS: dict[str, Format] = {
     "keyValues": "keyValues",
@@ -21,8 +21,18 @@ _FORMATS: dict[str, Format] = {
     "normalized": "normalized",
 }
 _KNOWN_OPTIONS = frozenset(
-    {"keyValues", "simplified", "concise", "normalized", "sysAttrs", "noOverwrite", "replace",
-     "update", "temporalValues", "aggregatedValues"}
+    {
+        "keyValues",
+        "simplified",
+        "concise",
+        "normalized",
+        "sysAttrs",
+        "noOverwrite",
+        "replace",
+        "update",
+        "temporalValues",
+        "aggregatedValues",
+    }
 )
 
 
@@ -78,7 +88,9 @@ def entity_query(params: QueryParams, ctx: CompiledContext, *, default_limit: in
     q = parse_q(params["q"]).expand(ctx.expand) if "q" in params else None
     scope_q = parse_scope_q(params["scopeQ"]) if "scopeQ" in params else None
     geo = parse_geo_query(
-        params.get("georel"), params.get("geometry"), params.get("coordinates"),
+        params.get("georel"),
+        params.get("geometry"),
+        params.get("coordinates"),
         params.get("geoproperty"),
     )
     id_pattern = compile_id_pattern(params.get("idPattern"))
