@@ -137,3 +137,7 @@ def keys_revoke(key_id: str, data_dir: DataDirOption = None) -> None:
         console.print(f"[red]No key {key_id}[/]")
         raise typer.Exit(1)
     console.print(f"Revoked {key_id}")
+
+
+if __name__ == "__main__":
+    app()
