@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from cityos.broker.model import StoredEntity
-from cityos.core.errors import AlreadyExists, ResourceNotFound
+from cityos.core.errors import AlreadyExists, BadRequestData, ResourceNotFound
 from cityos.storage.base import (
     DEFAULT_TENANT,
     AttributeUsage,
@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS entities (
     doc BLOB NOT NULL,
     UNIQUE (tenant, id)
 );
+CREATE INDEX IF NOT EXISTS entities_by_tenant_pk ON entities (tenant, pk);
 CREATE TABLE IF NOT EXISTS entity_types (
     tenant TEXT NOT NULL, type TEXT NOT NULL, pk INTEGER NOT NULL,
     PRIMARY KEY (tenant, type, pk)
@@ -50,14 +51,14 @@ CREATE TABLE IF NOT EXISTS entity_attrs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_attrs_by_pk ON entity_attrs (pk);
 CREATE VIRTUAL TABLE IF NOT EXISTS geo_rtree USING rtree (gid, min_x, max_x, min_y, max_y);
-CREATE TABLE IF NOT EXISTS geo_shapes (
-    gid INTEGER PRIMARY KEY, pk INTEGER NOT NULL, tenant TEXT NOT NULL, attr TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS geo_shapes_by_pk ON geo_shapes (pk);
 """
 
 SCHEMA_VERSION = 1
-_SCAN_BATCH = 256
+GEO_SLOTS = 256
+"""R*Tree ids are ``pk * GEO_SLOTS + slot``: the entity is known from the id alone, which
+keeps box scans on the R*Tree's own index (reading auxiliary columns is ~7x slower)."""
+_FIRST_SCAN_BATCH = 64
+_MAX_SCAN_BATCH = 4096
 
 
 class SqliteStorage:
@@ -122,47 +123,109 @@ class SqliteStorage:
         return found
 
     def scan(self, tenant: str, scan: EntityScan) -> Iterator[tuple[int, StoredEntity]]:
+        if scan.geo_bbox is not None:
+            yield from self._scan_by_box(tenant, scan)
+            return
         sql, params = self._scan_sql(tenant, scan)
         after = scan.after_pk
+        # Small first page: most queries stop after ``limit`` matches, so reading
+        # hundreds of documents up front would be wasted work.
+        batch = _FIRST_SCAN_BATCH
         while True:
-            rows = self._db.execute(sql, (*params, after, _SCAN_BATCH)).fetchall()
+            rows = self._db.execute(sql, (*params, after, batch)).fetchall()
             for pk, doc in rows:
                 yield pk, orjson.loads(doc)
-            if len(rows) < _SCAN_BATCH:
+            if len(rows) < batch:
                 return
             after = rows[-1][0]
+            batch = min(batch * 4, _MAX_SCAN_BATCH)
+
+    def _scan_by_box(self, tenant: str, scan: EntityScan) -> Iterator[tuple[int, StoredEntity]]:
+        """Geo candidates: the pks of boxes that intersect, in order, then their documents.
+
+        The box query touches only the R*Tree, never documents, so it
+        stays fast however large the table; documents are read a page at a time because
+        the caller usually stops after ``limit`` matches. Boxes of other attributes are
+        candidates too: the broker's exact geo test looks at ``geo_attr`` only.
+        """
+        assert scan.geo_bbox is not None
+        min_x, min_y, max_x, max_y = scan.geo_bbox
+        # Only the R*Tree here: a per-row type probe would cost more than the few extra
+        # documents it saves; types are checked on the documents below.
+        sql = (
+            f"SELECT gid / {GEO_SLOTS} FROM geo_rtree "
+            "WHERE max_x >= ? AND min_x <= ? AND max_y >= ? AND min_y <= ?"
+        )
+        pks = sorted({row[0] for row in self._db.execute(sql, (min_x, max_x, min_y, max_y))})
+        pks = [pk for pk in pks if pk > scan.after_pk]
+        batch = _FIRST_SCAN_BATCH
+        for start in range(0, len(pks), batch):
+            chunk = pks[start : start + batch]
+            marks = ",".join("?" * len(chunk))
+            docs = dict(
+                self._db.execute(
+                    f"SELECT pk, doc FROM entities WHERE tenant = ? AND pk IN ({marks})",
+                    (tenant, *chunk),
+                ).fetchall()
+            )
+            for pk in chunk:
+                if pk not in docs:
+                    continue
+                entity = orjson.loads(docs[pk])
+                if scan.ids is not None and entity["id"] not in scan.ids:
+                    continue
+                if scan.attrs_any is not None and not scan.attrs_any & entity["attrs"].keys():
+                    continue
+                if scan.types_any is not None and not scan.types_any.intersection(
+                    entity["type"]
+                ):
+                    continue
+                yield pk, entity
 
     @staticmethod
     def _scan_sql(tenant: str, scan: EntityScan) -> tuple[str, list[object]]:
-        """Build a keyset-paginated candidate query; the last two parameters are pk, limit."""
-        where = ["e.tenant = ?"]
-        params: list[object] = [tenant]
+        """Build a keyset-paginated candidate query; the last two parameters are pk, limit.
+
+        One type (the common case) drives the query through its index; otherwise the
+        entities are walked in pk order (geo boxes go through :meth:`_scan_by_box`). The
+        remaining criteria are index probes per candidate row, so SQLite never
+        materialises a large set to intersect.
+        """
+        joins: list[str] = []
+        where: list[str] = []
+        params: list[object] = []
+        driver = "entities"
+        if scan.types_any is not None and len(scan.types_any) == 1 and scan.ids is None:
+            driver = "type"
+            joins.append("FROM entity_types t JOIN entities e ON e.pk = t.pk")
+            where.append("t.tenant = ? AND t.type = ?")
+            params.extend([tenant, next(iter(scan.types_any))])
+        else:
+            joins.append("FROM entities e")
+        where.append("e.tenant = ?")
+        params.append(tenant)
         if scan.ids is not None:
             where.append(f"e.id IN ({','.join('?' * len(scan.ids))})")
             params.extend(sorted(scan.ids))
-        if scan.types_any is not None:
+        if scan.types_any is not None and driver != "type":
             marks = ",".join("?" * len(scan.types_any))
             where.append(
-                f"e.pk IN (SELECT pk FROM entity_types WHERE tenant = ? AND type IN ({marks}))"
+                "EXISTS (SELECT 1 FROM entity_types t2 WHERE t2.tenant = ? "
+                f"AND t2.type IN ({marks}) AND t2.pk = e.pk)"
             )
             params.extend([tenant, *sorted(scan.types_any)])
         if scan.attrs_any is not None:
             marks = ",".join("?" * len(scan.attrs_any))
             where.append(
-                f"e.pk IN (SELECT pk FROM entity_attrs WHERE tenant = ? AND attr IN ({marks}))"
+                "EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant = ? "
+                f"AND a.attr IN ({marks}) AND a.pk = e.pk)"
             )
             params.extend([tenant, *sorted(scan.attrs_any)])
-        if scan.geo_bbox is not None:
-            min_x, min_y, max_x, max_y = scan.geo_bbox
-            where.append(
-                "e.pk IN (SELECT s.pk FROM geo_rtree r JOIN geo_shapes s ON s.gid = r.gid "
-                "WHERE r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ? "
-                "AND s.tenant = ? AND s.attr = ?)"
-            )
-            params.extend([min_x, max_x, min_y, max_y, tenant, scan.geo_attr])
+        # Order by the driving table's pk so SQLite walks its index instead of sorting.
+        order = "t.pk" if driver == "type" else "e.pk"
         sql = (
-            f"SELECT e.pk, e.doc FROM entities e WHERE {' AND '.join(where)} "
-            "AND e.pk > ? ORDER BY e.pk LIMIT ?"
+            f"SELECT e.pk, e.doc {' '.join(joins)} WHERE {' AND '.join(where)} "
+            f"AND {order} > ? ORDER BY {order} LIMIT ?"
         )
         return sql, params
 
@@ -223,15 +286,15 @@ class SqliteStorage:
     def delete(self, tenant: str, entity_id: str) -> bool:
         with self.transaction():
             row = self._db.execute(
-                "SELECT pk FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+                "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
             ).fetchone()
             if row is None:
                 return False
-            pk = row[0]
+            pk, doc = row
             self._db.execute("DELETE FROM entities WHERE pk = ?", (pk,))
             self._db.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))
             self._db.execute("DELETE FROM entity_attrs WHERE pk = ?", (pk,))
-            self._delete_shapes(pk)
+            self._delete_boxes(pk, len(index_rows(orjson.loads(doc)).boxes))
             return True
 
     def _write_index(self, tenant: str, pk: int, new: IndexRows, old: IndexRows | None) -> None:
@@ -260,20 +323,25 @@ class SqliteStorage:
         if old is not None and old.boxes == new.boxes:
             return
         if old is not None:
-            self._delete_shapes(pk)
-        for attr, (min_x, min_y, max_x, max_y) in new.boxes:
-            gid = db.execute(
-                "INSERT INTO geo_shapes (pk, tenant, attr) VALUES (?, ?, ?)", (pk, tenant, attr)
-            ).lastrowid
-            db.execute(
-                "INSERT INTO geo_rtree VALUES (?, ?, ?, ?, ?)", (gid, min_x, max_x, min_y, max_y)
+            self._delete_boxes(pk, len(old.boxes))
+        if len(new.boxes) > GEO_SLOTS:
+            raise BadRequestData(
+                f"An entity may carry at most {GEO_SLOTS} geometries (GeoProperty instances)"
             )
-
-    def _delete_shapes(self, pk: int) -> None:
-        self._db.execute(
-            "DELETE FROM geo_rtree WHERE gid IN (SELECT gid FROM geo_shapes WHERE pk = ?)", (pk,)
+        db.executemany(
+            "INSERT INTO geo_rtree VALUES (?, ?, ?, ?, ?)",
+            [
+                (pk * GEO_SLOTS + slot, min_x, max_x, min_y, max_y)
+                for slot, (_, (min_x, min_y, max_x, max_y)) in enumerate(new.boxes)
+            ],
         )
-        self._db.execute("DELETE FROM geo_shapes WHERE pk = ?", (pk,))
+
+    def _delete_boxes(self, pk: int, count: int) -> None:
+        self._db.executemany(
+            "DELETE FROM geo_rtree WHERE gid = ?",
+            [(pk * GEO_SLOTS + slot,) for slot in range(count)],
+        )
 
     def close(self) -> None:
         self._db.close()
+

@@ -1,0 +1,313 @@
+"""NGSI-LD broker throughput and latency, with the same-run baseline of a bare endpoint.
+
+Scenarios (issue 2): create, partial attribute update, query by type + q returning 20
+entities, and near;maxDistance==1000 over the stored points, against a cityos server
+holding ``--entities`` entities in SQLite; plus server RSS with ``--rss-entities``
+stored. Load comes from wrk (a separate process) on loopback; every scenario is
+printed next to the req/s of a bare FastAPI endpoint served the same way (uvicorn,
+uvloop, httptools) in the same run.
+
+    .venv/bin/python benchmarks/bench_ngsild.py                 # 100,000 entities
+    .venv/bin/python benchmarks/bench_ngsild.py --rss-entities 1000000
+
+Needs ``wrk`` (Debian: ``apt-get install -y wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from cityos.broker.context import ContextResolver
+from cityos.broker.service import ContextBroker
+from cityos.settings import Settings
+from cityos.storage.base import DEFAULT_TENANT
+from cityos.storage.keys import SqliteKeyStore
+from cityos.storage.sqlite import SqliteStorage
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+console = Console()
+
+# Toyama City, roughly: where the simulated sensors stand.
+MIN_LON, MAX_LON, MIN_LAT, MAX_LAT = 137.10, 137.35, 36.55, 36.78
+
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  io.write(string.format("JSON{\\"requests\\":%d,\\"seconds\\":%f,\\"errors\\":%d,"
+    .. "\\"non2xx\\":%d,\\"p50_ms\\":%f,\\"p95_ms\\":%f,\\"p99_ms\\":%f}\\n",
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout, summary.errors.status,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000))
+end
+"""
+
+
+@dataclass
+class Figure:
+    """One measured scenario."""
+
+    name: str
+    req_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+    target: str
+
+
+def seed(data_dir: Path, count: int) -> None:
+    """Write ``count`` sensor entities straight through the broker API, with progress."""
+    storage = SqliteStorage(data_dir / "cityos.sqlite3")
+    broker = ContextBroker(storage)
+    core = asyncio.run(ContextResolver(Settings(data_dir=data_dir)).resolve(None))
+    rng = random.Random(42)
+    batch = 2000
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task(f"seeding {count:,} entities", total=count)
+        for start in range(0, count, batch):
+            items = []
+            for n in range(start, min(start + batch, count)):
+                items.append((sensor_entity(n, rng), core.expand))
+            result = broker.batch_create(DEFAULT_TENANT, items)
+            if result.errors:
+                raise RuntimeError(result.errors[0])
+            progress.advance(task, len(items))
+    storage.close()
+
+
+def sensor_entity(n: int, rng: random.Random) -> dict[str, object]:
+    """A realistic environment sensor entity."""
+    return {
+        "id": f"urn:ngsi-ld:Sensor:{n}",
+        "type": "Sensor",
+        "temperature": {"type": "Property", "value": round(rng.uniform(-5, 35), 1),
+                        "unitCode": "CEL", "observedAt": "2026-11-24T10:00:00.000Z"},
+        "humidity": {"type": "Property", "value": round(rng.uniform(20, 100), 1),
+                     "unitCode": "P1"},
+        "location": {"type": "GeoProperty", "value": {
+            "type": "Point",
+            "coordinates": [round(rng.uniform(MIN_LON, MAX_LON), 6),
+                            round(rng.uniform(MIN_LAT, MAX_LAT), 6)]}},
+        "name": {"type": "Property", "value": f"sensor {n}"},
+    }
+
+
+def start(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until ``url`` answers."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {' '.join(cmd)}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server process."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk(url: str, script: str, *, seconds: int, connections: int, name: str,
+        target: str) -> Figure:
+    """Run wrk with a Lua ``script`` (plus the JSON reporter) and parse its figures."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script + WRK_REPORT)
+        path = handle.name
+    try:
+        result = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", path,
+             url],
+            capture_output=True, text=True, check=True,
+        )
+    finally:
+        os.unlink(path)
+    match = re.search(r"JSON(\{.*\})", result.stdout)
+    if match is None:
+        raise RuntimeError(f"wrk gave no report:\n{result.stdout}\n{result.stderr}")
+    data = json.loads(match.group(1))
+    return Figure(name, data["requests"] / data["seconds"], data["p50_ms"], data["p95_ms"],
+                  data["p99_ms"], data["errors"] + data["non2xx"], target)
+
+
+def lua_headers(key: str) -> str:
+    return (f'wrk.headers["X-API-Key"] = "{key}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n')
+
+
+def scenarios(entities: int, key: str) -> dict[str, str]:
+    """wrk Lua scripts per scenario."""
+    headers = lua_headers(key)
+    return {
+        "create": headers + """
+local n = 0
+local tid = math.random(1, 1000000000)
+request = function()
+  n = n + 1
+  local body = string.format('{"id":"urn:ngsi-ld:Sensor:new-%d-%d","type":"Sensor",'
+    .. '"temperature":{"type":"Property","value":%d,"unitCode":"CEL"},'
+    .. '"location":{"type":"GeoProperty","value":{"type":"Point","coordinates":[137.2,36.7]}}}',
+    tid, n, n % 40)
+  return wrk.format("POST", "/ngsi-ld/v1/entities", nil, body)
+end
+""",
+        "partial update": headers + f"""
+request = function()
+  local id = math.random(0, {entities - 1})
+  local body = string.format('{{"value":%d}}', math.random(-5, 35))
+  return wrk.format("PATCH", "/ngsi-ld/v1/entities/urn:ngsi-ld:Sensor:" .. id
+    .. "/attrs/temperature", nil, body)
+end
+""",
+        "query type+q (20)": headers + """
+request = function()
+  local t = math.random(0, 30)
+  return wrk.format("GET", "/ngsi-ld/v1/entities?type=Sensor&q=temperature%3E" .. t
+    .. "&limit=20", nil, nil)
+end
+""",
+        "near 1000 m": headers + f"""
+request = function()
+  local lon = {MIN_LON} + math.random() * {MAX_LON - MIN_LON}
+  local lat = {MIN_LAT} + math.random() * {MAX_LAT - MIN_LAT}
+  return wrk.format("GET", string.format("/ngsi-ld/v1/entities?type=Sensor"
+    .. "&georel=near%%3BmaxDistance%%3D%%3D1000&geometry=Point"
+    .. "&coordinates=%%5B%.5f,%.5f%%5D", lon, lat), nil, nil)
+end
+""",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entities", type=int, default=100_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rss-entities", type=int, default=0,
+                        help="also measure server RSS with this many entities stored")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install -y wrk")
+    OUT.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    figures: list[Figure] = []
+    extra: dict[str, float] = {}
+
+    with tempfile.TemporaryDirectory(prefix="cityos-bench-") as tmp:
+        data_dir = Path(tmp)
+        seed(data_dir, args.entities)
+        keys = SqliteKeyStore(data_dir / "keys.sqlite3")
+        key = keys.create("bench", "operator")[0]
+        keys.close()
+
+        bare = start([sys.executable, str(HERE / "bare_app.py"), "8911"], env,
+                     "http://127.0.0.1:8911/bare")
+        try:
+            bare_get = wrk("http://127.0.0.1:8911/bare", "", seconds=args.seconds,
+                           connections=args.connections, name="bare GET (baseline)", target="")
+            bare_post = wrk("http://127.0.0.1:8911/bare",
+                            'wrk.method = "POST"\nwrk.body = \'{"id":"x"}\'\n',
+                            seconds=args.seconds, connections=args.connections,
+                            name="bare POST (baseline)", target="")
+        finally:
+            stop(bare)
+        figures += [bare_get, bare_post]
+
+        server = start(
+            [sys.executable, "-m", "cityos.cli", "serve", "--port", "8910", "--data-dir",
+             str(data_dir)], env, "http://127.0.0.1:8910/health")
+        try:
+            targets = {"create": "≥ 1,500 req/s", "partial update": "≥ 2,000 req/s",
+                       "query type+q (20)": "≥ 800 req/s, p95 ≤ 50 ms",
+                       "near 1000 m": "p95 ≤ 20 ms"}
+            scripts = scenarios(args.entities, key)
+            for name, script in scripts.items():
+                figures.append(wrk("http://127.0.0.1:8910", script, seconds=args.seconds,
+                                   connections=args.connections, name=name,
+                                   target=targets[name]))
+            # Latency under light load: at 32 connections p95 is mostly queueing.
+            for name in ("query type+q (20)", "near 1000 m"):
+                figures.append(wrk("http://127.0.0.1:8910", scripts[name], seconds=args.seconds,
+                                   connections=4, name=f"{name}, 4 connections",
+                                   target=targets[name]))
+            extra["rss_mb_after_load"] = rss_mb(server.pid)
+        finally:
+            stop(server)
+
+    if args.rss_entities:
+        with tempfile.TemporaryDirectory(prefix="cityos-bench-rss-") as tmp:
+            data_dir = Path(tmp)
+            seed(data_dir, args.rss_entities)
+            keys = SqliteKeyStore(data_dir / "keys.sqlite3")
+            key = keys.create("bench", "operator")[0]
+            keys.close()
+            server = start(
+                [sys.executable, "-m", "cityos.cli", "serve", "--port", "8912", "--data-dir",
+                 str(data_dir)], env, "http://127.0.0.1:8912/health")
+            try:
+                script = scenarios(args.rss_entities, key)
+                for name in ("query type+q (20)", "partial update", "near 1000 m"):
+                    figures.append(wrk("http://127.0.0.1:8912", script[name], seconds=5,
+                                       connections=args.connections,
+                                       name=f"{name} @ {args.rss_entities:,}", target=""))
+                extra[f"rss_mb_with_{args.rss_entities}"] = rss_mb(server.pid)
+            finally:
+                stop(server)
+
+    table = Table(title=f"NGSI-LD broker, SQLite, {args.entities:,} entities, "
+                        f"wrk 1 thread {args.connections} connections")
+    for column in ("scenario", "req/s", "× bare", "p50 ms", "p95 ms", "p99 ms", "errors",
+                   "target"):
+        table.add_column(column)
+    for figure in figures:
+        baseline = bare_post if figure.name.startswith("create") else bare_get
+        ratio = figure.req_per_s / baseline.req_per_s
+        table.add_row(figure.name, f"{figure.req_per_s:,.0f}", f"{ratio:.2f}",
+                      f"{figure.p50_ms:.1f}", f"{figure.p95_ms:.1f}", f"{figure.p99_ms:.1f}",
+                      str(figure.errors), figure.target)
+    console.print(table)
+    for name, value in extra.items():
+        console.print(f"{name}: {value:,.0f} MB")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (OUT / f"ngsild-{stamp}.json").write_text(json.dumps(
+        {"entities": args.entities, "figures": [asdict(f) for f in figures], **extra},
+        indent=2))
+
+
+if __name__ == "__main__":
+    main()
