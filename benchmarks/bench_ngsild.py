@@ -100,14 +100,23 @@ def sensor_entity(n: int, rng: random.Random) -> dict[str, object]:
     return {
         "id": f"urn:ngsi-ld:Sensor:{n}",
         "type": "Sensor",
-        "temperature": {"type": "Property", "value": round(rng.uniform(-5, 35), 1),
-                        "unitCode": "CEL", "observedAt": "2026-11-24T10:00:00.000Z"},
-        "humidity": {"type": "Property", "value": round(rng.uniform(20, 100), 1),
-                     "unitCode": "P1"},
-        "location": {"type": "GeoProperty", "value": {
-            "type": "Point",
-            "coordinates": [round(rng.uniform(MIN_LON, MAX_LON), 6),
-                            round(rng.uniform(MIN_LAT, MAX_LAT), 6)]}},
+        "temperature": {
+            "type": "Property",
+            "value": round(rng.uniform(-5, 35), 1),
+            "unitCode": "CEL",
+            "observedAt": "2026-11-24T10:00:00.000Z",
+        },
+        "humidity": {"type": "Property", "value": round(rng.uniform(20, 100), 1), "unitCode": "P1"},
+        "location": {
+            "type": "GeoProperty",
+            "value": {
+                "type": "Point",
+                "coordinates": [
+                    round(rng.uniform(MIN_LON, MAX_LON), 6),
+                    round(rng.uniform(MIN_LAT, MAX_LAT), 6),
+                ],
+            },
+        },
         "name": {"type": "Property", "value": f"sensor {n}"},
     }
 
@@ -143,17 +152,27 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wrk(url: str, script: str, *, seconds: int, connections: int, name: str,
-        target: str) -> Figure:
+def wrk(url: str, script: str, *, seconds: int, connections: int, name: str, target: str) -> Figure:
     """Run wrk with a Lua ``script`` (plus the JSON reporter) and parse its figures."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script + WRK_REPORT)
         path = handle.name
     try:
         result = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", path,
-             url],
-            capture_output=True, text=True, check=True,
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                path,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
     finally:
         os.unlink(path)
@@ -161,20 +180,27 @@ def wrk(url: str, script: str, *, seconds: int, connections: int, name: str,
     if match is None:
         raise RuntimeError(f"wrk gave no report:\n{result.stdout}\n{result.stderr}")
     data = json.loads(match.group(1))
-    return Figure(name, data["requests"] / data["seconds"], data["p50_ms"], data["p95_ms"],
-                  data["p99_ms"], data["errors"] + data["non2xx"], target)
+    return Figure(
+        name,
+        data["requests"] / data["seconds"],
+        data["p50_ms"],
+        data["p95_ms"],
+        data["p99_ms"],
+        data["errors"] + data["non2xx"],
+        target,
+    )
 
 
 def lua_headers(key: str) -> str:
-    return (f'wrk.headers["X-API-Key"] = "{key}"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n')
+    return f'wrk.headers["X-API-Key"] = "{key}"\nwrk.headers["Content-Type"] = "application/json"\n'
 
 
 def scenarios(entities: int, key: str) -> dict[str, str]:
     """wrk Lua scripts per scenario."""
     headers = lua_headers(key)
     return {
-        "create": headers + """
+        "create": headers
+        + """
 local n = 0
 local tid = math.random(1, 1000000000)
 request = function()
@@ -186,7 +212,8 @@ request = function()
   return wrk.format("POST", "/ngsi-ld/v1/entities", nil, body)
 end
 """,
-        "partial update": headers + f"""
+        "partial update": headers
+        + f"""
 request = function()
   local id = math.random(0, {entities - 1})
   local body = string.format('{{"value":%d}}', math.random(-5, 35))
@@ -194,14 +221,16 @@ request = function()
     .. "/attrs/temperature", nil, body)
 end
 """,
-        "query type+q (20)": headers + """
+        "query type+q (20)": headers
+        + """
 request = function()
   local t = math.random(0, 30)
   return wrk.format("GET", "/ngsi-ld/v1/entities?type=Sensor&q=temperature%3E" .. t
     .. "&limit=20", nil, nil)
 end
 """,
-        "near 1000 m": headers + f"""
+        "near 1000 m": headers
+        + f"""
 request = function()
   local lon = {MIN_LON} + math.random() * {MAX_LON - MIN_LON}
   local lat = {MIN_LAT} + math.random() * {MAX_LAT - MIN_LAT}
@@ -218,8 +247,12 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rss-entities", type=int, default=0,
-                        help="also measure server RSS with this many entities stored")
+    parser.add_argument(
+        "--rss-entities",
+        type=int,
+        default=0,
+        help="also measure server RSS with this many entities stored",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
@@ -235,36 +268,75 @@ def main() -> None:
         key = keys.create("bench", "operator")[0]
         keys.close()
 
-        bare = start([sys.executable, str(HERE / "bare_app.py"), "8911"], env,
-                     "http://127.0.0.1:8911/bare")
+        bare = start(
+            [sys.executable, str(HERE / "bare_app.py"), "8911"], env, "http://127.0.0.1:8911/bare"
+        )
         try:
-            bare_get = wrk("http://127.0.0.1:8911/bare", "", seconds=args.seconds,
-                           connections=args.connections, name="bare GET (baseline)", target="")
-            bare_post = wrk("http://127.0.0.1:8911/bare",
-                            'wrk.method = "POST"\nwrk.body = \'{"id":"x"}\'\n',
-                            seconds=args.seconds, connections=args.connections,
-                            name="bare POST (baseline)", target="")
+            bare_get = wrk(
+                "http://127.0.0.1:8911/bare",
+                "",
+                seconds=args.seconds,
+                connections=args.connections,
+                name="bare GET (baseline)",
+                target="",
+            )
+            bare_post = wrk(
+                "http://127.0.0.1:8911/bare",
+                'wrk.method = "POST"\nwrk.body = \'{"id":"x"}\'\n',
+                seconds=args.seconds,
+                connections=args.connections,
+                name="bare POST (baseline)",
+                target="",
+            )
         finally:
             stop(bare)
         figures += [bare_get, bare_post]
 
         server = start(
-            [sys.executable, "-m", "cityos.cli", "serve", "--port", "8910", "--data-dir",
-             str(data_dir)], env, "http://127.0.0.1:8910/health")
+            [
+                sys.executable,
+                "-m",
+                "cityos.cli",
+                "serve",
+                "--port",
+                "8910",
+                "--data-dir",
+                str(data_dir),
+            ],
+            env,
+            "http://127.0.0.1:8910/health",
+        )
         try:
-            targets = {"create": "≥ 1,500 req/s", "partial update": "≥ 2,000 req/s",
-                       "query type+q (20)": "≥ 800 req/s, p95 ≤ 50 ms",
-                       "near 1000 m": "p95 ≤ 20 ms"}
+            targets = {
+                "create": "≥ 1,500 req/s",
+                "partial update": "≥ 2,000 req/s",
+                "query type+q (20)": "≥ 800 req/s, p95 ≤ 50 ms",
+                "near 1000 m": "p95 ≤ 20 ms",
+            }
             scripts = scenarios(args.entities, key)
             for name, script in scripts.items():
-                figures.append(wrk("http://127.0.0.1:8910", script, seconds=args.seconds,
-                                   connections=args.connections, name=name,
-                                   target=targets[name]))
+                figures.append(
+                    wrk(
+                        "http://127.0.0.1:8910",
+                        script,
+                        seconds=args.seconds,
+                        connections=args.connections,
+                        name=name,
+                        target=targets[name],
+                    )
+                )
             # Latency under light load: at 32 connections p95 is mostly queueing.
             for name in ("query type+q (20)", "near 1000 m"):
-                figures.append(wrk("http://127.0.0.1:8910", scripts[name], seconds=args.seconds,
-                                   connections=4, name=f"{name}, 4 connections",
-                                   target=targets[name]))
+                figures.append(
+                    wrk(
+                        "http://127.0.0.1:8910",
+                        scripts[name],
+                        seconds=args.seconds,
+                        connections=4,
+                        name=f"{name}, 4 connections",
+                        target=targets[name],
+                    )
+                )
             extra["rss_mb_after_load"] = rss_mb(server.pid)
         finally:
             stop(server)
@@ -277,36 +349,64 @@ def main() -> None:
             key = keys.create("bench", "operator")[0]
             keys.close()
             server = start(
-                [sys.executable, "-m", "cityos.cli", "serve", "--port", "8912", "--data-dir",
-                 str(data_dir)], env, "http://127.0.0.1:8912/health")
+                [
+                    sys.executable,
+                    "-m",
+                    "cityos.cli",
+                    "serve",
+                    "--port",
+                    "8912",
+                    "--data-dir",
+                    str(data_dir),
+                ],
+                env,
+                "http://127.0.0.1:8912/health",
+            )
             try:
                 script = scenarios(args.rss_entities, key)
                 for name in ("query type+q (20)", "partial update", "near 1000 m"):
-                    figures.append(wrk("http://127.0.0.1:8912", script[name], seconds=5,
-                                       connections=args.connections,
-                                       name=f"{name} @ {args.rss_entities:,}", target=""))
+                    figures.append(
+                        wrk(
+                            "http://127.0.0.1:8912",
+                            script[name],
+                            seconds=5,
+                            connections=args.connections,
+                            name=f"{name} @ {args.rss_entities:,}",
+                            target="",
+                        )
+                    )
                 extra[f"rss_mb_with_{args.rss_entities}"] = rss_mb(server.pid)
             finally:
                 stop(server)
 
-    table = Table(title=f"NGSI-LD broker, SQLite, {args.entities:,} entities, "
-                        f"wrk 1 thread {args.connections} connections")
-    for column in ("scenario", "req/s", "× bare", "p50 ms", "p95 ms", "p99 ms", "errors",
-                   "target"):
+    table = Table(
+        title=f"NGSI-LD broker, SQLite, {args.entities:,} entities, "
+        f"wrk 1 thread {args.connections} connections"
+    )
+    for column in ("scenario", "req/s", "× bare", "p50 ms", "p95 ms", "p99 ms", "errors", "target"):
         table.add_column(column)
     for figure in figures:
         baseline = bare_post if figure.name.startswith("create") else bare_get
         ratio = figure.req_per_s / baseline.req_per_s
-        table.add_row(figure.name, f"{figure.req_per_s:,.0f}", f"{ratio:.2f}",
-                      f"{figure.p50_ms:.1f}", f"{figure.p95_ms:.1f}", f"{figure.p99_ms:.1f}",
-                      str(figure.errors), figure.target)
+        table.add_row(
+            figure.name,
+            f"{figure.req_per_s:,.0f}",
+            f"{ratio:.2f}",
+            f"{figure.p50_ms:.1f}",
+            f"{figure.p95_ms:.1f}",
+            f"{figure.p99_ms:.1f}",
+            str(figure.errors),
+            figure.target,
+        )
     console.print(table)
     for name, value in extra.items():
         console.print(f"{name}: {value:,.0f} MB")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (OUT / f"ngsild-{stamp}.json").write_text(json.dumps(
-        {"entities": args.entities, "figures": [asdict(f) for f in figures], **extra},
-        indent=2))
+    (OUT / f"ngsild-{stamp}.json").write_text(
+        json.dumps(
+            {"entities": args.entities, "figures": [asdict(f) for f in figures], **extra}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

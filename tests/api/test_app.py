@@ -25,8 +25,11 @@ def test_unknown_path_is_a_problem_details_404(client: httpx.Client) -> None:
 
 
 def test_body_over_the_limit_is_413(client: httpx.Client, uid: str) -> None:
-    entity = {"id": f"urn:ngsi-ld:Big:{uid}", "type": "Big",
-              "blob": {"type": "Property", "value": "x" * 250_000}}
+    entity = {
+        "id": f"urn:ngsi-ld:Big:{uid}",
+        "type": "Big",
+        "blob": {"type": "Property", "value": "x" * 250_000},
+    }
     response = client.post("/entities", json=entity)
     assert response.status_code == 413
     assert response.json()["status"] == 413

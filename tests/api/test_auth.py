@@ -29,9 +29,7 @@ PRIVATE_ENTITY = {
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Path]]:
     data_dir = tmp_path_factory.mktemp("auth")
-    running = start_server(
-        Settings(data_dir=data_dir, auth="on", public_types=["WaterObserved"])
-    )
+    running = start_server(Settings(data_dir=data_dir, auth="on", public_types=["WaterObserved"]))
     yield running, data_dir
     running.stop()
 
@@ -136,9 +134,22 @@ def test_health_needs_no_key(secured: tuple[RunningServer, Path]) -> None:
 
 def test_cli_keys_create_prints_a_working_key_once(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cityos.cli", "keys", "create", "--org", "hokuriku-power",
-         "--role", "company", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "cityos.cli",
+            "keys",
+            "create",
+            "--org",
+            "hokuriku-power",
+            "--role",
+            "company",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     key = result.stdout.strip()
     assert key.startswith("cok_")
@@ -146,15 +157,30 @@ def test_cli_keys_create_prints_a_working_key_once(tmp_path: Path) -> None:
     principal = keys.verify(key)
     listed = keys.list_keys()
     keys.close()
-    assert principal is not None and (principal.org, principal.role) == ("hokuriku-power", "company")
+    assert principal is not None and (principal.org, principal.role) == (
+        "hokuriku-power",
+        "company",
+    )
     assert key not in str(listed)
 
 
 def test_cli_rejects_unknown_role(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cityos.cli", "keys", "create", "--org", "x", "--role", "root",
-         "--data-dir", str(tmp_path)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cityos.cli",
+            "keys",
+            "create",
+            "--org",
+            "x",
+            "--role",
+            "root",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "Unknown role" in result.stdout + result.stderr

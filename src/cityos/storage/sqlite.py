@@ -176,9 +176,7 @@ class SqliteStorage:
                     continue
                 if scan.attrs_any is not None and not scan.attrs_any & entity["attrs"].keys():
                     continue
-                if scan.types_any is not None and not scan.types_any.intersection(
-                    entity["type"]
-                ):
+                if scan.types_any is not None and not scan.types_any.intersection(entity["type"]):
                     continue
                 yield pk, entity
 
@@ -344,4 +342,3 @@ class SqliteStorage:
 
     def close(self) -> None:
         self._db.close()
-
