@@ -65,6 +65,9 @@ def demo(
 ) -> None:
     """Run with Toyama demo data and print an admin key / 富山市のデモデータで起動します。"""
     settings = _settings(host=host, port=port, data_dir=data_dir, auth="on")
+    if not settings.public_types:
+        # River levels are public information in Toyama; the demo shows them to anyone.
+        settings = settings.model_copy(update={"public_types": ["WaterObserved"]})
     from cityos.demo import seed_demo
     from cityos.storage.keys import SqliteKeyStore
 
@@ -79,6 +82,7 @@ def demo(
     )
     console.print(f"  NGSI-LD API: {base}/ngsi-ld/v1/entities?type=WaterObserved")
     console.print(f"  API docs:    {base}/docs")
+    console.print(f"  Public without a key / キー不要で公開: {', '.join(settings.public_types)}")
     console.print(f"  Admin API key (shown once) / 管理者APIキー（一度だけ表示）: [bold]{key}[/]")
     _run(settings)
 

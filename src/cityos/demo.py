@@ -16,6 +16,13 @@ from cityos.settings import Settings
 from cityos.storage.base import DEFAULT_TENANT
 from cityos.storage.sqlite import SqliteStorage
 
+STATION_NAMES_EN = {
+    "大川寺": "Daisenji",
+    "大沢野大橋": "Osawano-Ohashi",
+    "神通大橋": "Jinzu-Ohashi",
+    "杉原橋": "Sugihara Bridge",
+    "熊野橋": "Kumano Bridge",
+}
 RIVER_NAMES_EN = {
     "常願寺川": "Joganji River",
     "神通川": "Jinzu River",
@@ -43,7 +50,8 @@ def gauge_entities() -> list[dict[str, Any]]:
                 "type": "LanguageProperty",
                 "languageMap": {
                     "ja": f"{gauge['river']} {gauge['station']}",
-                    "en": f"{river_en}, {gauge['station']} gauge",
+                    "en": f"{river_en}, "
+                    f"{STATION_NAMES_EN.get(gauge['station'], gauge['station'])} gauge",
                 },
             },
             "location": {
