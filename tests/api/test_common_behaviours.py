@@ -81,12 +81,13 @@ def test_create_with_an_unavailable_context_is_503(client: httpx.Client, uid: st
     assert response.json()["detail"]
 
 
+@pytest.mark.parametrize("operation", ["create", "upsert"])
 def test_batch_entities_with_unavailable_contexts_fail_alone(
-    client: httpx.Client, uid: str
+    client: httpx.Client, uid: str, operation: str
 ) -> None:
     good, bad = f"urn:ngsi-ld:Building:{uid}-good", f"urn:ngsi-ld:Building:{uid}-bad"
     response = client.post(
-        "/entityOperations/create",
+        f"/entityOperations/{operation}",
         json=[building(bad, [unavailable_context_url(), CORE]), building(good, CORE)],
         headers={"Content-Type": "application/ld+json"},
     )
@@ -156,3 +157,15 @@ def test_contexts_are_served_in_the_negotiated_media_type(
     assert response.status_code == 200
     assert response.headers["content-type"] == media_type
     assert "@context" in response.json()
+
+
+def test_batch_entity_with_an_invalid_context_fails_alone(client: httpx.Client, uid: str) -> None:
+    good, bad = f"urn:ngsi-ld:Building:{uid}-good", f"urn:ngsi-ld:Building:{uid}-bad"
+    response = client.post(
+        "/entityOperations/create",
+        json=[building(bad, {"name": 5}), building(good, CORE)],
+        headers={"Content-Type": "application/ld+json"},
+    )
+    assert response.status_code == 207, response.text
+    assert response.json()["success"] == [good]
+    assert response.json()["errors"][0]["error"]["type"] == ERRORS + "InvalidRequest"

@@ -24,6 +24,8 @@ ProblemDetails. What the ETSI test suite expects, and this router does:
   LdContextNotAvailable if that fails, the entry is kept) and is 400 BadRequestData
   for any other kind or an unknown id; deleting the core context without reload is
   400 BadRequestData (with reload it is re-read from the bundled copy).
+- Every operation: an unknown query parameter is 400 InvalidRequest; content
+  negotiation and body reading are the shared ones of ``common`` (406, 415, 413).
 """
 
 from __future__ import annotations
