@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from cityos import __version__
 from cityos.api.auth import ApiKeyMiddleware
@@ -46,11 +47,34 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         return problem_response(errors.ResourceNotFound(f"No such resource: {request.url.path}"))
     if exc.status_code == 405:
         return problem_response(
-            errors.MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
+            errors.MethodNotAllowed(
+                f"Method {request.method} is not allowed on {request.url.path}"
+            ),
+            {"Allow": _allowed_methods(request)},
         )
     generic = errors.CityosError(str(exc.detail))
     generic.status = exc.status_code
     return problem_response(generic)
+
+
+_HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405 (RFC 9110): every method some route takes on the path.
+
+    Starlette's own header names only the first route that matched the path, and
+    FastAPI makes one route per method, so each method is tried against the router.
+    """
+    allowed = [
+        method
+        for method in _HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def create_app(settings: Settings | None = None, *, storage: Storage | None = None) -> FastAPI:

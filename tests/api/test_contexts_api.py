@@ -53,6 +53,7 @@ def build_app(resolver: ContextResolver) -> FastAPI:
         await resolver.aclose()
 
     app = FastAPI(lifespan=lifespan)
+    app.state.settings = resolver.settings
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
     app.include_router(router, prefix="/ngsi-ld/v1")

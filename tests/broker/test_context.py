@@ -252,6 +252,8 @@ def test_preseeded_map_is_served_from_disk(tmp_path: Path) -> None:
         assert ctx.context_value == url
         entry = resolver.store.get_by_url(url)
         assert entry is not None and entry.kind == "Cached"
+        # The listing is public: it must not reveal where the copy lives on the server.
+        assert str(tmp_path) not in json.dumps(entry.details())
         await resolver.aclose()
 
     run(go)
@@ -360,6 +362,22 @@ def test_unreachable_url_is_not_available() -> None:
             await resolver.resolve([url])
 
     run(go, context_fetch_timeout_s=2.0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8087http://127.0.0.1:8087/ctx.jsonld",
+        "http://127.0.0.1:99999/ctx.jsonld",
+    ],
+)
+def test_malformed_urls_are_not_available(url: str) -> None:
+    async def go(resolver: ContextResolver) -> None:
+        with pytest.raises(LdContextNotAvailable, match="not a valid URL"):
+            await resolver.resolve(url)
+        assert resolver.store.get_by_url(url) is None
+
+    run(go)
 
 
 def test_remote_context_with_invalid_definitions_is_invalid(context_server: ContextServer) -> None:

@@ -6,6 +6,7 @@ Other standards' adapters (Open311, CKAN) add their own mappers next to this one
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -56,9 +57,13 @@ def problem_details(error: errors.CityosError) -> dict[str, object]:
     }
 
 
-def problem_response(error: errors.CityosError) -> Response:
-    """An HTTP response carrying the error's ProblemDetails."""
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+def problem_response(
+    error: errors.CityosError, headers: Mapping[str, str] | None = None
+) -> Response:
+    """An HTTP response carrying the error's ProblemDetails (plus ``headers``)."""
+    headers = dict(headers or {})
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return Response(
         dumps(problem_details(error)),
         status_code=error.status,

@@ -449,6 +449,21 @@ class CompiledContext:
 # --------------------------------------------------------------------------- resolve
 
 
+def _checked_url(url: str) -> httpx.URL:
+    """``url`` parsed for fetching; ``LdContextNotAvailable`` if it has no usable host or port.
+
+    httpx raises ``InvalidURL`` (not an ``HTTPError``) for a malformed port and lets an
+    out-of-range one reach the socket layer, so both are refused here.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise LdContextNotAvailable(f"@context {url} is not a valid URL: {exc}") from None
+    if not parsed.host or (parsed.port is not None and not 0 < parsed.port < 65536):
+        raise LdContextNotAvailable(f"@context {url} is not a valid URL: bad host or port")
+    return parsed
+
+
 class ContextResolver:
     """Turns a request's @context into a ``CompiledContext``; see the module docstring.
 
@@ -653,15 +668,9 @@ class ContextResolver:
                 del self._inflight[url]
         entry = self.store.get_by_url(url)
         if entry is None:
-            local_id = uuid4().hex
-            source = self._seeded.get(url)
-            entry = StoredContext(
-                local_id=local_id,
-                url=url,
-                kind="Cached",
-                body=body,
-                extra_info={"source": str(source)} if source is not None else None,
-            )
+            # No extraInfo: where a pre-seeded copy lives is a server file path, which
+            # is no business of clients (and the listing is public).
+            entry = StoredContext(local_id=uuid4().hex, url=url, kind="Cached", body=body)
             self.store.add(entry)
         return entry
 
@@ -723,7 +732,7 @@ class ContextResolver:
                 transport=self._transport,
             )
         try:
-            response = await self._client.get(url)
+            response = await self._client.get(_checked_url(url))
         except httpx.HTTPError as exc:
             raise LdContextNotAvailable(
                 f"@context {url} could not be retrieved: {type(exc).__name__} {exc}".rstrip()

@@ -13,7 +13,9 @@ from cityos.api.ngsild.common import (
     JSON_LD,
     Body,
     broker_of,
+    check_params,
     context_of,
+    entity_expander,
     negotiate,
     ngsi_response,
     read_body,
@@ -30,7 +32,7 @@ from cityos.api.ngsild.params import (
     render_options,
 )
 from cityos.api.problems import problem_details
-from cityos.broker.context import CompiledContext, ContextResolver
+from cityos.broker.context import CompiledContext
 from cityos.broker.entities import ExpandTerm
 from cityos.broker.geoquery import parse_geo_query
 from cityos.broker.query_language import parse_q, parse_scope_q, parse_type_selector
@@ -41,6 +43,11 @@ from cityos.core.jsonio import dumps
 
 router = APIRouter()
 
+PURGE_PARAMS = frozenset(
+    {"type", "attrs", "id", "idPattern", "q", "csf", "scopeQ", "local"}
+    | {"georel", "geometry", "coordinates", "geoproperty"}
+)
+
 
 async def _batch_items(request: Request) -> list[tuple[Any, ExpandTerm]]:
     """The entities of a batch body, each with the expander of its own @context."""
@@ -50,13 +57,11 @@ async def _batch_items(request: Request) -> list[tuple[Any, ExpandTerm]]:
     if body.media_type != JSON_LD:
         ctx = await context_of(request, Body(body.data, body.media_type))
         return [(item, ctx.expand) for item in body.data]
-    resolver: ContextResolver = request.app.state.context_resolver
     items: list[tuple[Any, ExpandTerm]] = []
     for item in body.data:
         if not isinstance(item, dict) or "@context" not in item:
             raise BadRequestData("Every entity of a JSON-LD batch must carry an @context")
-        ctx = await resolver.resolve(item["@context"])
-        items.append((strip_context(item), ctx.expand))
+        items.append((strip_context(item), await entity_expander(request, item["@context"])))
     return items
 
 
@@ -134,6 +139,7 @@ async def batch_delete(request: Request) -> Response:
 @router.delete("/entities")
 async def purge_entities(request: Request) -> Response:
     """Delete every entity matching the query parameters (type, id, idPattern, q, ...)."""
+    check_params(request, PURGE_PARAMS)
     params = request.query_params
     if not any(key in params for key in ("type", "id", "idPattern", "q", "scopeQ", "georel")):
         raise BadRequestData("Purging needs at least one of type, id, idPattern, q or scopeQ")

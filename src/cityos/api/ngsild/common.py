@@ -16,10 +16,12 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.broker.context import CompiledContext, ContextResolver
+from cityos.broker.entities import ExpandTerm
 from cityos.broker.service import ContextBroker
 from cityos.core.errors import (
     BadRequestData,
     InvalidRequest,
+    LdContextNotAvailable,
     NotAcceptable,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -114,6 +116,26 @@ async def context_of(request: Request, body: Body | None = None) -> CompiledCont
     if body is not None and _body_contexts(body.data) is not None:
         raise BadRequestData("A JSON body must not carry @context; use the Link header")
     return await resolver.resolve(link_context_url(request))
+
+
+async def entity_expander(request: Request, context_value: Any) -> ExpandTerm:
+    """The expander of one entity's own @context in a JSON-LD batch.
+
+    A batch reports failures per entity (NGSI-LD 5.6.7: 207 with a
+    BatchOperationResult), so a @context that cannot be retrieved or is not valid
+    must fail only its own entity: the returned expander then raises that error on
+    first use, inside the broker's per-entity error handling.
+    """
+    resolver: ContextResolver = request.app.state.context_resolver
+    try:
+        return (await resolver.resolve(context_value)).expand
+    except (LdContextNotAvailable, InvalidRequest) as error:
+        failure = error
+
+        def unusable(term: str) -> str:
+            raise failure
+
+        return unusable
 
 
 def _body_contexts(data: Any) -> Any:  # Any: JSON value

@@ -24,6 +24,8 @@ ProblemDetails. What the ETSI test suite expects, and this router does:
   LdContextNotAvailable if that fails, the entry is kept) and is 400 BadRequestData
   for any other kind or an unknown id; deleting the core context without reload is
   400 BadRequestData (with reload it is re-read from the bundled copy).
+- Every operation: an unknown query parameter is 400 InvalidRequest; content
+  negotiation and body reading are the shared ones of ``common`` (406, 415, 413).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from uuid import uuid4
 
 from fastapi import APIRouter, Request, Response
 
+from cityos.api.ngsild.common import JSON, check_params, negotiate, read_body
 from cityos.broker.context import ContextResolver, validate_context_value
 from cityos.broker.context_store import (
     CONTEXT_KINDS,
@@ -47,13 +50,14 @@ from cityos.core.errors import (
     BadRequestData,
     InvalidRequest,
     ResourceNotFound,
-    UnsupportedMediaType,
 )
 
 router = APIRouter(tags=["jsonldContexts"])
 
-_JSON = "application/json"
-_LD_JSON = "application/ld+json"
+_NO_PARAMS: frozenset[str] = frozenset()
+_LIST_PARAMS = frozenset({"details", "kind"})
+_SERVE_PARAMS = frozenset({"details"})
+_DELETE_PARAMS = frozenset({"reload"})
 
 
 def _resolver(request: Request) -> ContextResolver:
@@ -79,7 +83,7 @@ def _flag(request: Request, name: str) -> bool:
     raise BadRequestData(f"Query parameter {name} must be true or false, not {raw!r}")
 
 
-def _json(value: object, media_type: str = _JSON, status_code: int = 200) -> Response:
+def _json(value: object, media_type: str = JSON, status_code: int = 200) -> Response:
     return Response(content=jsonio.dumps(value), status_code=status_code, media_type=media_type)
 
 
@@ -93,12 +97,8 @@ def _find(request: Request, context_id: str) -> StoredContext:
 @router.post("/jsonldContexts", status_code=201)
 async def add_context(request: Request) -> Response:
     """Store a Hosted @context; 201 with its relative ``Location``."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type not in (_JSON, _LD_JSON):
-        raise UnsupportedMediaType(
-            f"POST /jsonldContexts takes {_JSON} or {_LD_JSON}, not {media_type or 'nothing'}"
-        )
-    body = jsonio.loads(await request.body())
+    check_params(request, _NO_PARAMS)
+    body = (await read_body(request)).data
     if not isinstance(body, dict) or "@context" not in body:
         raise InvalidRequest('The body must be a JSON object with an "@context" member')
     value = body["@context"]
@@ -112,6 +112,8 @@ async def add_context(request: Request) -> Response:
 @router.get("/jsonldContexts")
 async def list_contexts(request: Request) -> Response:
     """The URLs of all stored contexts, or their details with ``details=true``."""
+    check_params(request, _LIST_PARAMS)
+    media_type = negotiate(request)
     details = _flag(request, "details")
     kind_param = request.query_params.get("kind") or None
     if kind_param is not None and kind_param not in CONTEXT_KINDS:
@@ -121,27 +123,30 @@ async def list_contexts(request: Request) -> Response:
     kind = cast(ContextKind | None, kind_param)  # checked above
     entries = _store(request).entries(kind)
     if details:
-        return _json([entry.details() for entry in entries])
-    return _json([entry.url for entry in entries])
+        return _json([entry.details() for entry in entries], media_type)
+    return _json([entry.url for entry in entries], media_type)
 
 
 @router.get("/jsonldContexts/{context_id:path}")
 async def serve_context(request: Request, context_id: str) -> Response:
-    """The stored @context document, or its details with ``details=true``."""
+    """The stored @context document, or its details with ``details=true``.
+
+    Served as ``application/json`` unless the client prefers ``application/ld+json``
+    (``*/*`` gets JSON, as everywhere in the API); 406 if it accepts neither.
+    """
+    check_params(request, _SERVE_PARAMS)
+    media_type = negotiate(request)
     details = _flag(request, "details")
     entry = _find(request, context_id)
     if details:
-        return _json(entry.details())
-    # The suite compares the Content-Type to application/json exactly, so the
-    # JSON-LD media type is only used when the client asks for it.
-    accept = request.headers.get("accept", "")
-    media_type = _LD_JSON if _LD_JSON in accept else _JSON
-    return _json(entry.document(), media_type=media_type)
+        return _json(entry.details(), media_type)
+    return _json(entry.document(), media_type)
 
 
 @router.delete("/jsonldContexts/{context_id:path}", status_code=204)
 async def delete_context(request: Request, context_id: str) -> Response:
     """Delete a stored context, or re-fetch a Cached one with ``reload=true``."""
+    check_params(request, _DELETE_PARAMS)
     reload = _flag(request, "reload")
     resolver = _resolver(request)
     if reload:

@@ -10,7 +10,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.api.auth import check_public_read
-from cityos.api.ngsild.common import broker_of, context_of, negotiate, ngsi_response, tenant_of
+from cityos.api.ngsild.common import (
+    broker_of,
+    check_params,
+    context_of,
+    negotiate,
+    ngsi_response,
+    tenant_of,
+)
 from cityos.api.ngsild.params import bool_param
 from cityos.core.errors import ResourceNotFound
 from cityos.storage.base import AttributeUsage
@@ -29,6 +36,7 @@ def _usage(request: Request) -> list[AttributeUsage]:
 @router.get("/types")
 async def list_types(request: Request) -> Response:
     """EntityTypeList, or with ``details=true`` one EntityType per type."""
+    check_params(request, frozenset({"details", "local"}))
     media_type = negotiate(request)
     ctx = await context_of(request)
     check_public_read(request, ())
@@ -61,6 +69,7 @@ async def list_types(request: Request) -> Response:
 @router.get("/types/{type_name:path}")
 async def retrieve_type(request: Request, type_name: str) -> Response:
     """EntityTypeInformation: how many entities and which attributes of which kinds."""
+    check_params(request, frozenset({"local"}))
     media_type = negotiate(request)
     ctx = await context_of(request)
     type_iri = ctx.expand(type_name)
@@ -114,6 +123,7 @@ def _attribute_details(rows: list[AttributeUsage]) -> dict[str, dict[str, object
 @router.get("/attributes")
 async def list_attributes(request: Request) -> Response:
     """AttributeList, or with ``details=true`` one Attribute object per attribute."""
+    check_params(request, frozenset({"details", "local"}))
     media_type = negotiate(request)
     ctx = await context_of(request)
     details = _attribute_details(_usage(request))
@@ -133,6 +143,7 @@ async def list_attributes(request: Request) -> Response:
 @router.get("/attributes/{attr_name:path}")
 async def retrieve_attribute(request: Request, attr_name: str) -> Response:
     """One Attribute: how many entities have it, of which kinds and types."""
+    check_params(request, frozenset({"local"}))
     media_type = negotiate(request)
     ctx = await context_of(request)
     attr_iri = ctx.expand(attr_name)
