@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from cityos.settings import Settings
+from tests.conftest import NGSI, start_server
 
 NULL = "urn:ngsi-ld:null"
 ERRORS = "https://uri.etsi.org/ngsi-ld/errors/"
@@ -315,3 +319,15 @@ def test_purge_keep_removes_every_other_attribute(client: httpx.Client, uid: str
 
 def test_purge_without_any_selector_is_rejected(client: httpx.Client) -> None:
     assert client.delete("/entities/").status_code == 400
+
+
+def test_purge_local_alone_deletes_every_entity(tmp_path: Path) -> None:
+    running = start_server(Settings(data_dir=tmp_path, auth="off"))
+    try:
+        with httpx.Client(base_url=running.base_url + NGSI, timeout=10) as own:
+            first, second = create(own, building("p1")), create(own, building("p2", height=1))
+            assert own.delete("/entities/", params={"local": "true"}).status_code == 204
+            assert own.get(f"/entities/{first}").status_code == 404
+            assert own.get(f"/entities/{second}").status_code == 404
+    finally:
+        running.stop()
