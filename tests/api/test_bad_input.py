@@ -24,7 +24,7 @@ LD = {"Content-Type": "application/ld+json"}
         ),
         ("POST", "/entities", b'{"id":"not a uri","type":"T"}', JSON, 400, "BadRequestData"),
         ("POST", "/entities", b'{"id":"urn:x:1"}', JSON, 400, "BadRequestData"),
-        ("POST", "/entities", b"[1,2]", JSON, 400, "BadRequestData"),
+        ("POST", "/entities", b"[1,2]", JSON, 400, "InvalidRequest"),
         (
             "POST",
             "/entities",

@@ -53,6 +53,18 @@ INSTANCE_RESERVED = frozenset(
         "entity",
     }
 )
+SCOPE_IRI = "https://uri.etsi.org/ngsi-ld/scope"
+NOT_ATTRIBUTE_IRIS = frozenset(
+    {
+        SCOPE_IRI,
+        "https://uri.etsi.org/ngsi-ld/createdAt",
+        "https://uri.etsi.org/ngsi-ld/modifiedAt",
+        "https://uri.etsi.org/ngsi-ld/deletedAt",
+    }
+)
+"""Expanded names of entity members that are not attributes (``id``/``type`` expand to
+``@id``/``@type``)."""
+
 GEO_ATTRIBUTE_NAMES = frozenset({"location", "observationSpace", "operationSpace"})
 GEOJSON_TYPES = frozenset(
     {
@@ -83,9 +95,29 @@ def check_entity_id(entity_id: object) -> str:
 
 
 def check_attribute_name(name: str) -> None:
-    """Reject attribute names with characters NGSI-LD forbids (they break ``q`` and URLs)."""
-    if not name or _FORBIDDEN_NAME_CHARS.search(name):
+    """Reject attribute names NGSI-LD forbids: characters that break ``q`` and URLs, and
+    JSON-LD keywords (``@...``), which cannot name an attribute."""
+    if not name or name.startswith("@") or _FORBIDDEN_NAME_CHARS.search(name):
         raise BadRequestData(f"Invalid attribute name: {name!r}")
+
+
+def check_attribute_iri(name: str, iri: str) -> None:
+    """Reject an attribute addressed by name (in a URL) that names no attribute: a JSON-LD
+    keyword, or an entity member such as ``scope`` or ``createdAt``."""
+    check_attribute_name(name)
+    if iri.startswith("@") or iri in NOT_ATTRIBUTE_IRIS:
+        raise BadRequestData(f"{name!r} is not an attribute name")
+
+
+def is_complete(instance: AttributeInstance) -> bool:
+    """True when a parsed fragment is a whole instance (it has a kind and its value)."""
+    value_key = VALUE_KEY_BY_KIND.get(instance.get("type", ""))
+    return value_key is not None and value_key in instance
+
+
+def looks_like_instance_list(raw: object) -> bool:
+    """True when an attribute's payload is a list of instances (a multi-attribute)."""
+    return isinstance(raw, list) and bool(raw) and all(_looks_like_instance(i) for i in raw)
 
 
 def parse_types(raw: object, expand: ExpandTerm, *, what: str = "Entity type") -> list[str]:
@@ -98,6 +130,9 @@ def parse_types(raw: object, expand: ExpandTerm, *, what: str = "Entity type") -
         if not isinstance(name, str) or not name or _FORBIDDEN_NAME_CHARS.search(name):
             raise BadRequestData(f"Invalid {what.lower()}: {name!r}")
         iri = expand(name)
+        # A term the @context maps to a keyword (e.g. "type" -> "@type") is not a type.
+        if not is_uri(iri):
+            raise BadRequestData(f"Invalid {what.lower()}: {name!r} is not a type name or IRI")
         if iri not in types:
             types.append(iri)
     return types
@@ -160,9 +195,7 @@ def parse_attributes(
         if allow_null and is_null_value(raw):
             attrs[iri] = []
             continue
-        attrs[iri] = parse_attribute(
-            name, raw, expand, now, entity_id=entity_id, allow_null=allow_null
-        )
+        attrs[iri] = parse_attribute(name, raw, expand, now, entity_id=entity_id)
     return attrs
 
 
@@ -173,14 +206,11 @@ def parse_attribute(
     now: str,
     *,
     entity_id: str,
-    allow_null: bool = False,
 ) -> list[AttributeInstance]:
     """Parse one attribute: a single instance, or a list of instances (multi-attribute)."""
-    if isinstance(raw, list) and raw and all(_looks_like_instance(item) for item in raw):
-        instances = [
-            parse_instance(name, item, expand, now, entity_id=entity_id, allow_null=allow_null)
-            for item in raw
-        ]
+    if looks_like_instance_list(raw):
+        assert isinstance(raw, list)
+        instances = [parse_instance(name, item, expand, now, entity_id=entity_id) for item in raw]
         seen: set[str | None] = set()
         for instance in instances:
             dataset_id = instance.get("datasetId")
@@ -191,7 +221,7 @@ def parse_attribute(
                 )
             seen.add(dataset_id)
         return instances
-    return [parse_instance(name, raw, expand, now, entity_id=entity_id, allow_null=allow_null)]
+    return [parse_instance(name, raw, expand, now, entity_id=entity_id)]
 
 
 def _looks_like_instance(item: object) -> bool:
@@ -202,14 +232,32 @@ def _looks_like_instance(item: object) -> bool:
 
 
 def is_null_value(raw: object) -> bool:
-    """True for JSON null, the NGSI-LD null URI, or an attribute whose value is one."""
+    """True when ``raw`` asks to delete an attribute (instance): JSON null, the NGSI-LD
+    null ``urn:ngsi-ld:null``, or an attribute whose value is the NGSI-LD null in the form
+    its kind uses (NGSI-LD 4.5.5: ``value``, ``object``, ``vocab``, ``json``,
+    ``languageMap: {"@none": null}``, ``valueList``/``objectList: [null]``)."""
     if raw is None or raw == NULL_URI:
         return True
-    if isinstance(raw, dict):
-        for key in ("value", "object", "languageMap", "json", "vocab"):
-            if key in raw and (raw[key] is None or raw[key] == NULL_URI):
-                return True
+    if not isinstance(raw, dict):
+        return False
+    for key in ("value", "object", "vocab", "json"):
+        if key in raw and raw[key] == NULL_URI:
+            return True
+    if "languageMap" in raw and raw["languageMap"] == {"@none": NULL_URI}:
+        return True
+    for key in ("valueList", "objectList"):
+        if key in raw and raw[key] in ([NULL_URI], [{"object": NULL_URI}]):
+            return True
     return False
+
+
+def attribute_kind(name: str, raw: object) -> str:
+    """The attribute kind a payload declares or implies (``Property`` for a bare value)."""
+    kind = _implied_kind(name, raw)
+    if kind is None:
+        assert isinstance(raw, dict)
+        return str(raw["type"])
+    return kind
 
 
 def _implied_kind(name: str, raw: object) -> str | None:
@@ -252,22 +300,9 @@ def parse_instance(
     now: str,
     *,
     entity_id: str,
-    allow_null: bool = False,
-    partial_of: str | None = None,
 ) -> AttributeInstance:
-    """Parse one attribute instance (normalized or concise) into stored form.
-
-    ``partial_of`` is the kind of the existing instance when the payload is a fragment to
-    merge into it (partial attribute update, merge-patch): then the value may be absent.
-    """
+    """Parse one complete attribute instance (normalized or concise) into stored form."""
     where = f"Attribute {name} of {entity_id}"
-    if (
-        partial_of is not None
-        and isinstance(raw, dict)
-        and "type" not in raw
-        and not any(key in raw for key in VALUE_KEY_BY_KIND.values())
-    ):
-        return _parse_fragment(name, raw, partial_of, expand, now, entity_id=entity_id)
     kind = _implied_kind(name, raw)
     if kind is not None and not isinstance(raw, dict):
         if raw is None:
@@ -284,36 +319,49 @@ def parse_instance(
     for other_kind, other_key in VALUE_KEY_BY_KIND.items():
         if other_key != value_key and other_key in raw and other_kind != kind:
             raise BadRequestData(f"{where}: a {kind} cannot have a '{other_key}' member")
-    instance[value_key] = _parse_value(where, kind, raw[value_key], expand, allow_null)
+    instance[value_key] = _parse_value(where, kind, raw[value_key], expand)
     if kind == "Relationship" and "objectType" in raw:
         instance["objectType"] = parse_types(raw["objectType"], expand, what="objectType")
-    for meta in ("observedAt", "unitCode", "datasetId"):
-        if meta in raw:
-            instance[meta] = _parse_meta(where, meta, raw[meta])
+    _parse_members(name, raw, instance, expand, now, entity_id=entity_id, fragment=False)
     instance["createdAt"] = now
     instance["modifiedAt"] = now
-    for sub_name, sub_raw in raw.items():
-        if sub_name in INSTANCE_RESERVED:
-            continue
-        check_attribute_name(sub_name)
-        instance[expand(sub_name)] = parse_instance(
-            f"{name}.{sub_name}", sub_raw, expand, now, entity_id=entity_id
-        )
     return instance
 
 
-def _parse_fragment(
+def parse_fragment(
+    name: str, raw: object, expand: ExpandTerm, now: str, *, entity_id: str
+) -> AttributeInstance:
+    """Parse an attribute fragment to merge into an existing instance (merge, partial update).
+
+    A fragment carrying a value parses as a complete instance. One without a value (only
+    meta-properties and sub-attributes) parses to those members alone, with no ``type``
+    key; its sub-attributes that are NGSI-LD null come out as ``None`` (delete them).
+    """
+    if isinstance(raw, dict) and not any(key in raw for key in VALUE_KEY_BY_KIND.values()):
+        declared = raw.get("type")
+        if declared is not None and declared not in ATTRIBUTE_KINDS:
+            raise BadRequestData(f"Attribute {name}: unknown attribute type {declared!r}")
+        instance: AttributeInstance = {} if declared is None else {"type": declared}
+        _parse_members(name, raw, instance, expand, now, entity_id=entity_id, fragment=True)
+        if not instance:
+            raise BadRequestData(f"Attribute {name} of {entity_id}: the fragment is empty")
+        instance["modifiedAt"] = now
+        return instance
+    return parse_instance(name, raw, expand, now, entity_id=entity_id)
+
+
+def _parse_members(
     name: str,
     raw: dict[str, Any],
-    kind: str,
+    instance: AttributeInstance,
     expand: ExpandTerm,
     now: str,
     *,
     entity_id: str,
-) -> AttributeInstance:
-    """A fragment without a value: only meta-properties and sub-attributes to merge."""
+    fragment: bool,
+) -> None:
+    """Parse the meta-properties and sub-attributes of ``raw`` into ``instance``."""
     where = f"Attribute {name} of {entity_id}"
-    instance: AttributeInstance = {"type": kind, "modifiedAt": now}
     for meta in ("observedAt", "unitCode", "datasetId"):
         if meta in raw:
             instance[meta] = _parse_meta(where, meta, raw[meta])
@@ -321,16 +369,16 @@ def _parse_fragment(
         if sub_name in INSTANCE_RESERVED:
             continue
         check_attribute_name(sub_name)
+        if fragment and is_null_value(sub_raw):
+            instance[expand(sub_name)] = None
+            continue
         instance[expand(sub_name)] = parse_instance(
             f"{name}.{sub_name}", sub_raw, expand, now, entity_id=entity_id
         )
-    return instance
 
 
-def _parse_value(
-    where: str, kind: str, value: Any, expand: ExpandTerm, allow_null: bool
-) -> Any:  # Any: JSON value
-    if value is None and not allow_null:
+def _parse_value(where: str, kind: str, value: Any, expand: ExpandTerm) -> Any:  # Any: JSON
+    if value is None:
         raise BadRequestData(f"{where}: null is not a valid value")
     if kind == "Relationship":
         objects = value if isinstance(value, list) else [value]

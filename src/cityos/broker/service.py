@@ -17,12 +17,17 @@ from typing import Any
 
 from cityos.broker.entities import (
     ENTITY_RESERVED,
+    NOT_ATTRIBUTE_IRIS,
+    SCOPE_IRI,
     ExpandTerm,
+    check_attribute_iri,
     check_attribute_name,
     check_entity_id,
+    is_complete,
     is_null_value,
-    parse_attributes,
+    looks_like_instance_list,
     parse_entity,
+    parse_fragment,
     parse_instance,
     parse_scopes,
     parse_types,
@@ -162,66 +167,40 @@ class ContextBroker:
     def merge_entity(
         self, tenant: str, entity_id: str, payload: dict[str, Any], expand: ExpandTerm
     ) -> None:
-        """Merge-patch an entity: add new attributes, merge existing ones, delete nulls."""
-        if payload.get("id", entity_id) != entity_id:
+        """Merge-patch an entity (NGSI-LD 5.6.17): add new attributes, merge existing
+        instances member by member, delete those given as NGSI-LD null; types are added,
+        scope is replaced. The payload is validated before the entity is looked up."""
+        if payload.get("id", payload.get("@id", entity_id)) != entity_id:
             raise BadRequestData("The id in the body differs from the id in the URL")
-        entity = self.retrieve_entity(tenant, entity_id)
-        self._merge_into(entity, payload, expand)
-        self.storage.update(tenant, entity)
-
-    def _merge_into(
-        self, entity: StoredEntity, payload: dict[str, Any], expand: ExpandTerm
-    ) -> None:
-
         now = now_iso()
-        if "type" in payload:
-            for type_iri in parse_types(payload["type"], expand):
-                if type_iri not in entity["type"]:
-                    entity["type"].append(type_iri)
-        if "scope" in payload:
-            if is_null_value(payload["scope"]):
-                entity.pop("scope", None)
-            else:
-                entity["scope"] = parse_scopes(payload["scope"])
+        edit = _parse_entity_edit(payload, expand, now, entity_id, fragments=True)
+        entity = self.retrieve_entity(tenant, entity_id)
+        _add_types(entity, edit.types)
+        if edit.scope is not None:
+            _set_scope(entity, edit.scope)
         attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
-        for name, raw in payload.items():
-            if name in ENTITY_RESERVED:
-                continue
-            check_attribute_name(name)
-            iri = expand(name)
+        for iri, changes in edit.attrs.items():
             existing = attrs.get(iri, [])
-            fragments = (
-                raw
-                if isinstance(raw, list) and raw and all(isinstance(item, dict) for item in raw)
-                else [raw]
-            )
-            for fragment in fragments:
-                dataset_id = fragment.get("datasetId") if isinstance(fragment, dict) else None
-                target = _find_instance(existing, dataset_id)
-                if is_null_value(fragment):
+            for change in changes:
+                target = _find_instance(existing, change.dataset_id)
+                if change.instance is None:
                     if target is not None:
                         existing.remove(target)
-                    continue
-                if target is None:
-                    existing.append(
-                        parse_instance(name, fragment, expand, now, entity_id=entity["id"])
-                    )
-                    continue
-                patch = parse_instance(
-                    name,
-                    fragment,
-                    expand,
-                    now,
-                    entity_id=entity["id"],
-                    partial_of=target.get("type", "Property"),
-                    allow_null=True,
-                )
-                _merge_instance(target, patch, now)
+                elif target is None:
+                    existing.append(_complete(change, expand, now, entity_id))
+                elif change.instance.get("type", target["type"]) != target["type"]:
+                    # A different kind cannot merge member by member: it replaces.
+                    replacement = _complete(change, expand, now, entity_id)
+                    replacement["createdAt"] = target.get("createdAt", now)
+                    existing[existing.index(target)] = replacement
+                else:
+                    _merge_instance(target, change.instance, now)
             if existing:
                 attrs[iri] = existing
             else:
                 attrs.pop(iri, None)
         entity["modifiedAt"] = now
+        self.storage.update(tenant, entity)
 
     # -- attributes -----------------------------------------------------------------
 
@@ -234,33 +213,46 @@ class ContextBroker:
         *,
         no_overwrite: bool = False,
     ) -> UpdateResult:
-        """Add attributes; replace same-datasetId instances unless ``no_overwrite``."""
-
-        entity = self.retrieve_entity(tenant, entity_id)
+        """Append attributes (NGSI-LD 5.6.3): add new instances, replace same-datasetId
+        ones unless ``no_overwrite``. Types are added; scope is replaced, or with
+        ``no_overwrite`` the new scopes are added. NGSI-LD null deletes an instance."""
         now = now_iso()
+        edit = _parse_entity_edit(payload, expand, now, entity_id, fragments=False)
+        entity = self.retrieve_entity(tenant, entity_id)
         result = UpdateResult()
-        if "type" in payload:
-            for type_iri in parse_types(payload["type"], expand):
-                if type_iri not in entity["type"]:
-                    entity["type"].append(type_iri)
-        for iri, instances in parse_attributes(payload, expand, now, entity_id=entity_id).items():
-            existing = entity["attrs"].setdefault(iri, [])
+        _add_types(entity, edit.types)
+        if edit.scope is not None:
+            if no_overwrite and edit.scope:
+                edit.scope = list(dict.fromkeys([*entity.get("scope", []), *edit.scope]))
+            _set_scope(entity, edit.scope)
+            result.updated.append(SCOPE_IRI)
+        attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
+        for iri, changes in edit.attrs.items():
+            existing = attrs.get(iri, [])
             changed = False
-            for instance in instances:
-                target = _find_instance(existing, instance.get("datasetId"))
-                if target is None:
-                    existing.append(instance)
+            for change in changes:
+                target = _find_instance(existing, change.dataset_id)
+                if change.instance is None:
+                    if target is not None:
+                        existing.remove(target)
+                        changed = True
+                elif target is None:
+                    existing.append(change.instance)
                     changed = True
-                elif no_overwrite:
-                    continue
-                else:
-                    instance["createdAt"] = target.get("createdAt", now)
-                    existing[existing.index(target)] = instance
+                elif not no_overwrite:
+                    change.instance["createdAt"] = target.get("createdAt", now)
+                    existing[existing.index(target)] = change.instance
                     changed = True
+            if existing:
+                attrs[iri] = existing
+            else:
+                attrs.pop(iri, None)
             if changed:
                 result.updated.append(iri)
-            else:
+            elif no_overwrite:
                 result.not_updated.append((iri, "attribute exists and noOverwrite was given"))
+            else:
+                result.not_updated.append((iri, "no instance with that datasetId to delete"))
         entity["modifiedAt"] = now
         self.storage.update(tenant, entity)
         return result
@@ -268,54 +260,81 @@ class ContextBroker:
     def update_attributes(
         self, tenant: str, entity_id: str, payload: dict[str, Any], expand: ExpandTerm
     ) -> UpdateResult:
-        """Replace existing attributes only; others are reported as not updated."""
-
-        entity = self.retrieve_entity(tenant, entity_id)
+        """Update existing attributes (NGSI-LD 5.6.2): replace the matching instances,
+        delete those given as NGSI-LD null. Attributes (and scope) the entity does not have
+        are not added but reported as not updated; types are added."""
         now = now_iso()
+        edit = _parse_entity_edit(payload, expand, now, entity_id, fragments=False)
+        entity = self.retrieve_entity(tenant, entity_id)
         result = UpdateResult()
-        for iri, instances in parse_attributes(payload, expand, now, entity_id=entity_id).items():
-            existing = entity["attrs"].get(iri)
+        changed = _add_types(entity, edit.types)
+        if edit.scope is not None:
+            if "scope" in entity:
+                _set_scope(entity, edit.scope)
+                result.updated.append(SCOPE_IRI)
+                changed = True
+            else:
+                result.not_updated.append((SCOPE_IRI, "the entity has no scope to update"))
+        attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
+        for iri, changes in edit.attrs.items():
+            existing = attrs.get(iri)
             if not existing:
                 result.not_updated.append((iri, "attribute does not exist"))
                 continue
             replaced = False
-            for instance in instances:
-                target = _find_instance(existing, instance.get("datasetId"))
+            for change in changes:
+                target = _find_instance(existing, change.dataset_id)
                 if target is None:
                     continue
-                instance["createdAt"] = target.get("createdAt", now)
-                existing[existing.index(target)] = instance
+                if change.instance is None:
+                    existing.remove(target)
+                else:
+                    change.instance["createdAt"] = target.get("createdAt", now)
+                    existing[existing.index(target)] = change.instance
                 replaced = True
+            if not existing:
+                del attrs[iri]
             if replaced:
                 result.updated.append(iri)
+                changed = True
             else:
                 result.not_updated.append((iri, "no instance with that datasetId"))
-        if result.updated:
+        if changed:
             entity["modifiedAt"] = now
             self.storage.update(tenant, entity)
         return result
 
     def partial_update_attribute(
-        self, tenant: str, entity_id: str, name: str, fragment: object, expand: ExpandTerm
+        self, tenant: str, entity_id: str, name: str, fragment: dict[str, Any], expand: ExpandTerm
     ) -> None:
-        """Merge a fragment into one attribute instance (selected by its datasetId)."""
-        entity = self.retrieve_entity(tenant, entity_id)
+        """Merge a fragment into one attribute instance, selected by its datasetId
+        (NGSI-LD 5.6.4); an NGSI-LD null deletes the instance. The fragment may not change
+        the attribute's kind."""
         iri = expand(name)
-        existing = entity["attrs"].get(iri)
-        dataset_id = fragment.get("datasetId") if isinstance(fragment, dict) else None
-        target = _find_instance(existing or [], dataset_id)
+        check_attribute_iri(name, iri)
+        now = now_iso()
+        dataset_id = fragment.get("datasetId")
+        patch = (
+            None
+            if is_null_value(fragment)
+            else parse_fragment(name, fragment, expand, now, entity_id=entity_id)
+        )
+        entity = self.retrieve_entity(tenant, entity_id)
+        existing = entity["attrs"].get(iri) or []
+        target = _find_instance(existing, dataset_id)
         if target is None:
             raise ResourceNotFound(f"Attribute {name} not found in entity {entity_id}")
-        now = now_iso()
-        patch = parse_instance(
-            name,
-            fragment,
-            expand,
-            now,
-            entity_id=entity_id,
-            partial_of=target.get("type", "Property"),
-        )
-        _merge_instance(target, patch, now)
+        if patch is None:
+            existing.remove(target)
+            if not existing:
+                del entity["attrs"][iri]
+        elif patch.get("type", target["type"]) != target["type"]:
+            raise BadRequestData(
+                f"Attribute {name} of {entity_id} is a {target['type']}, "
+                f"the fragment is a {patch['type']}"
+            )
+        else:
+            _merge_instance(target, patch, now)
         entity["modifiedAt"] = now
         self.storage.update(tenant, entity)
 
@@ -323,10 +342,11 @@ class ContextBroker:
         self, tenant: str, entity_id: str, name: str, raw: object, expand: ExpandTerm
     ) -> None:
         """Replace one attribute instance (selected by datasetId); 404 if it does not exist."""
-        entity = self.retrieve_entity(tenant, entity_id)
         iri = expand(name)
+        check_attribute_iri(name, iri)
         now = now_iso()
         instance = parse_instance(name, raw, expand, now, entity_id=entity_id)
+        entity = self.retrieve_entity(tenant, entity_id)
         existing = entity["attrs"].get(iri) or []
         target = _find_instance(existing, instance.get("datasetId"))
         if target is None:
@@ -345,8 +365,20 @@ class ContextBroker:
         dataset_id: str | None = None,
         delete_all: bool = False,
     ) -> None:
-        """Delete the default instance, one datasetId's, or all instances of an attribute."""
+        """Delete the default instance, one datasetId's, or all instances of an attribute.
+
+        ``scope`` (its expanded name) deletes the entity's scope.
+        """
+        if attr_iri.startswith("@") or (attr_iri in NOT_ATTRIBUTE_IRIS and attr_iri != SCOPE_IRI):
+            raise BadRequestData(f"{attr_iri!r} is not an attribute name")
         entity = self.retrieve_entity(tenant, entity_id)
+        if attr_iri == SCOPE_IRI:
+            if "scope" not in entity:
+                raise ResourceNotFound(f"Entity {entity_id} has no scope")
+            del entity["scope"]
+            entity["modifiedAt"] = now_iso()
+            self.storage.update(tenant, entity)
+            return
         existing = entity["attrs"].get(attr_iri)
         if not existing:
             raise ResourceNotFound(f"Attribute {attr_iri} not found in entity {entity_id}")
@@ -470,9 +502,15 @@ class ContextBroker:
                         raise BadRequestData("An entity must be a JSON object")
 
                     check_entity_id(entity_id)
-                    self.append_attributes(
+                    appended = self.append_attributes(
                         tenant, entity_id, payload, expand, no_overwrite=no_overwrite
                     )
+                    if appended.not_updated:
+                        names = ", ".join(iri for iri, _ in appended.not_updated)
+                        raise BadRequestData(
+                            f"Attributes not updated in {entity_id}: {names}",
+                            title="Attributes not updated",
+                        )
                 except CityosError as error:
                     result.errors.append((entity_id, error))
                 else:
@@ -510,14 +548,41 @@ class ContextBroker:
                     result.success.append(entity_id)
         return result
 
-    def purge_entities(self, tenant: str, query: EntityQuery) -> int:
-        """Delete every entity matching ``query`` (all pages); return how many."""
+    def purge_entities(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        *,
+        keep: frozenset[str] | None = None,
+        drop: frozenset[str] | None = None,
+    ) -> int:
+        """Delete every entity matching ``query`` (all pages); return how many matched.
+
+        With ``drop`` (expanded names) only those attributes are removed from each entity;
+        with ``keep`` every attribute but those. Either way the entities stay.
+        """
+        if keep is not None and drop is not None:
+            raise BadRequestData("Give at most one of keep and drop")
         self.check_tenant(tenant)
-        ids = [entity["id"] for entity in self._matching(tenant, query)]
+        matching = list(self._matching(tenant, query))
+        now = now_iso()
         with self.storage.transaction():
-            for entity_id in ids:
-                self.storage.delete(tenant, entity_id)
-        return len(ids)
+            for entity in matching:
+                if keep is None and drop is None:
+                    self.storage.delete(tenant, entity["id"])
+                    continue
+                attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
+                removed = [
+                    iri
+                    for iri in attrs
+                    if (drop is not None and iri in drop) or (keep is not None and iri not in keep)
+                ]
+                if removed:
+                    for iri in removed:
+                        del attrs[iri]
+                    entity["modifiedAt"] = now
+                    self.storage.update(tenant, entity)
+        return len(matching)
 
 
 def _payload_id(payload: object) -> str:
@@ -542,7 +607,9 @@ def _merge_instance(target: AttributeInstance, patch: AttributeInstance, now: st
     for key, value in patch.items():
         if key == "createdAt":
             continue
-        if is_sub_attribute_key(key):
+        if value is None:
+            target.pop(key, None)
+        elif is_sub_attribute_key(key):
             existing = target.get(key)
             if (
                 isinstance(existing, dict)
@@ -552,11 +619,88 @@ def _merge_instance(target: AttributeInstance, patch: AttributeInstance, now: st
                 _merge_instance(existing, value, now)
             else:
                 target[key] = value
-        elif value is None:
-            target.pop(key, None)
         else:
             target[key] = value
     target["modifiedAt"] = now
+
+
+@dataclass
+class _Change:
+    """One instance an edit gives for an attribute: ``instance`` None means delete it."""
+
+    name: str
+    dataset_id: str | None
+    instance: AttributeInstance | None
+    raw: object
+
+
+@dataclass
+class _EntityEdit:
+    """A parsed merge / append / update payload, validated before the entity is read."""
+
+    types: list[str]
+    scope: list[str] | None
+    attrs: dict[str, list[_Change]]
+
+
+def _parse_entity_edit(
+    payload: dict[str, Any], expand: ExpandTerm, now: str, entity_id: str, *, fragments: bool
+) -> _EntityEdit:
+    """Parse types, scope (``[]`` when NGSI-LD null) and attributes of an edit payload.
+
+    With ``fragments`` (merge) an instance may lack its value; otherwise each is complete.
+    """
+    types = parse_types(payload["type"], expand) if "type" in payload else []
+    scope: list[str] | None = None
+    if "scope" in payload:
+        scope = [] if is_null_value(payload["scope"]) else parse_scopes(payload["scope"])
+    attrs: dict[str, list[_Change]] = {}
+    for name, raw in payload.items():
+        if name in ENTITY_RESERVED:
+            continue
+        check_attribute_name(name)
+        items = raw if looks_like_instance_list(raw) else [raw]
+        changes: list[_Change] = []
+        for item in items:
+            dataset_id = item.get("datasetId") if isinstance(item, dict) else None
+            if any(change.dataset_id == dataset_id for change in changes):
+                raise BadRequestData(
+                    f"Attribute {name} of {entity_id} has two instances with datasetId "
+                    f"{dataset_id!r}"
+                )
+            if is_null_value(item):
+                instance = None
+            elif fragments:
+                instance = parse_fragment(name, item, expand, now, entity_id=entity_id)
+            else:
+                instance = parse_instance(name, item, expand, now, entity_id=entity_id)
+            changes.append(_Change(name, dataset_id, instance, item))
+        attrs[expand(name)] = changes
+    return _EntityEdit(types, scope, attrs)
+
+
+def _complete(change: _Change, expand: ExpandTerm, now: str, entity_id: str) -> AttributeInstance:
+    """The change as a whole new instance (raises when the fragment lacks a value)."""
+    assert change.instance is not None
+    if is_complete(change.instance):
+        return change.instance
+    return parse_instance(change.name, change.raw, expand, now, entity_id=entity_id)
+
+
+def _add_types(entity: StoredEntity, types: list[str]) -> bool:
+    added = False
+    for type_iri in types:
+        if type_iri not in entity["type"]:
+            entity["type"].append(type_iri)
+            added = True
+    return added
+
+
+def _set_scope(entity: StoredEntity, scope: list[str]) -> None:
+    if scope:
+        entity["scope"] = scope
+    else:
+        entity.pop("scope", None)
 
 
 def _geo_matches(entity: StoredEntity, geo: GeoQuery, geo_attr: str | None) -> bool:

@@ -11,11 +11,11 @@ from starlette.responses import Response
 from cityos.api.auth import check_public_read
 from cityos.api.ngsild.common import (
     JSON_LD,
-    Body,
     broker_of,
     check_params,
     context_of,
     entity_expander,
+    link_context_url,
     negotiate,
     ngsi_response,
     read_body,
@@ -38,31 +38,67 @@ from cityos.broker.geoquery import parse_geo_query
 from cityos.broker.query_language import parse_q, parse_scope_q, parse_type_selector
 from cityos.broker.representation import RenderOptions, render_entity
 from cityos.broker.service import BatchResult, EntityQuery, EntitySelector
-from cityos.core.errors import BadRequestData
+from cityos.core.errors import BadRequestData, CityosError
 from cityos.core.jsonio import dumps
 
 router = APIRouter()
 
 PURGE_PARAMS = frozenset(
-    {"type", "attrs", "id", "idPattern", "q", "csf", "scopeQ", "local"}
+    {"type", "attrs", "id", "idPattern", "q", "csf", "scopeQ", "local", "keep", "drop"}
     | {"georel", "geometry", "coordinates", "geoproperty"}
 )
 
 
-async def _batch_items(request: Request) -> list[tuple[Any, ExpandTerm]]:
-    """The entities of a batch body, each with the expander of its own @context."""
+BatchItems = list[tuple[Any, ExpandTerm]]
+ItemErrors = list[tuple[str, CityosError]]
+
+
+async def _batch_items(request: Request) -> tuple[BatchItems, ItemErrors]:
+    """The entities of a batch body, each with the expander of its own @context.
+
+    The whole request fails (400) for a body that is not a non-empty array, or for a JSON-LD
+    body that comes with a Link @context. An entity whose own @context contradicts the
+    Content-Type (one in a JSON body, none in a JSON-LD body) fails alone (NGSI-LD 6.3.5),
+    reported in the returned errors.
+    """
     body = await read_body(request, allow_merge_patch=True)
     if not isinstance(body.data, list):
         raise BadRequestData("A batch body must be a JSON array")
+    if not body.data:
+        raise BadRequestData("A batch body must not be an empty array")
+    items: BatchItems = []
+    errors: ItemErrors = []
     if body.media_type != JSON_LD:
-        ctx = await context_of(request, Body(body.data, body.media_type))
-        return [(item, ctx.expand) for item in body.data]
-    items: list[tuple[Any, ExpandTerm]] = []
+        ctx = await context_of(request)
+        for item in body.data:
+            if isinstance(item, dict) and "@context" in item:
+                errors.append(
+                    (
+                        _payload_id(item),
+                        BadRequestData("A JSON body must not carry @context; use the Link header"),
+                    )
+                )
+            else:
+                items.append((item, ctx.expand))
+        return items, errors
+    if link_context_url(request) is not None:
+        raise BadRequestData("A JSON-LD body must not come with a Link @context header")
     for item in body.data:
         if not isinstance(item, dict) or "@context" not in item:
-            raise BadRequestData("Every entity of a JSON-LD batch must carry an @context")
+            errors.append(
+                (
+                    _payload_id(item),
+                    BadRequestData("Every entity of a JSON-LD batch must carry an @context"),
+                )
+            )
+            continue
         items.append((strip_context(item), await entity_expander(request, item["@context"])))
-    return items
+    return items, errors
+
+
+def _payload_id(item: object) -> str:
+    raw = item.get("id", item.get("@id")) if isinstance(item, dict) else None
+    return raw if isinstance(raw, str) else ""
 
 
 def _batch_response(result: BatchResult, *, success_status: int, body_on_success: bool) -> Response:
@@ -85,8 +121,9 @@ def _batch_response(result: BatchResult, *, success_status: int, body_on_success
 @router.post("/entityOperations/create")
 async def batch_create(request: Request) -> Response:
     """Create many entities: 201 with their ids, or 207 with a BatchOperationResult."""
-    items = await _batch_items(request)
+    items, errors = await _batch_items(request)
     result = broker_of(request).batch_create(tenant_of(request), items)
+    result.errors.extend(errors)
     return _batch_response(result, success_status=201, body_on_success=True)
 
 
@@ -96,10 +133,11 @@ async def batch_upsert(request: Request) -> Response:
     options = options_of(request.query_params)
     if {"replace", "update"} <= options:
         raise BadRequestData("Choose one of options=replace and options=update")
-    items = await _batch_items(request)
+    items, errors = await _batch_items(request)
     result = broker_of(request).batch_upsert(
         tenant_of(request), items, replace="update" not in options
     )
+    result.errors.extend(errors)
     if result.errors:
         return _batch_response(result, success_status=207, body_on_success=False)
     if result.created:
@@ -111,18 +149,20 @@ async def batch_upsert(request: Request) -> Response:
 async def batch_update(request: Request) -> Response:
     """Append attributes to many existing entities."""
     options = options_of(request.query_params)
-    items = await _batch_items(request)
+    items, errors = await _batch_items(request)
     result = broker_of(request).batch_update(
         tenant_of(request), items, no_overwrite="noOverwrite" in options
     )
+    result.errors.extend(errors)
     return _batch_response(result, success_status=204, body_on_success=False)
 
 
 @router.post("/entityOperations/merge")
 async def batch_merge(request: Request) -> Response:
     """Merge-patch many existing entities."""
-    items = await _batch_items(request)
+    items, errors = await _batch_items(request)
     result = broker_of(request).batch_merge(tenant_of(request), items)
+    result.errors.extend(errors)
     return _batch_response(result, success_status=204, body_on_success=False)
 
 
@@ -132,20 +172,38 @@ async def batch_delete(request: Request) -> Response:
     body = await read_body(request)
     if not isinstance(body.data, list):
         raise BadRequestData("A batch delete body must be a JSON array of entity ids")
+    if not body.data:
+        raise BadRequestData("A batch delete body must not be an empty array")
     result = broker_of(request).batch_delete(tenant_of(request), body.data)
     return _batch_response(result, success_status=204, body_on_success=False)
 
 
+PURGE_SELECTORS = ("type", "id", "idPattern", "q", "scopeQ", "georel")
+
+
 @router.delete("/entities")
 async def purge_entities(request: Request) -> Response:
-    """Delete every entity matching the query parameters (type, id, idPattern, q, ...)."""
+    """Purge entities (NGSI-LD 5.6.21): delete every entity matching the query parameters,
+    or with ``drop`` / ``keep`` only remove (all but) the listed attributes from them.
+    ``local=true`` alone addresses every entity of this broker."""
     check_params(request, PURGE_PARAMS)
     params = request.query_params
-    if not any(key in params for key in ("type", "id", "idPattern", "q", "scopeQ", "georel")):
-        raise BadRequestData("Purging needs at least one of type, id, idPattern, q or scopeQ")
+    if not any(key in params for key in PURGE_SELECTORS) and not bool_param(params, "local"):
+        raise BadRequestData(
+            "Purging needs at least one of type, id, idPattern, q, scopeQ, georel or local=true"
+        )
+    if "keep" in params and "drop" in params:
+        raise BadRequestData("Give at most one of keep and drop")
     ctx = await context_of(request)
     query = entity_query(params, ctx, default_limit=1)
-    broker_of(request).purge_entities(tenant_of(request), query)
+    keep = split_list(params.get("keep"))
+    drop = split_list(params.get("drop"))
+    broker_of(request).purge_entities(
+        tenant_of(request),
+        query,
+        keep=frozenset(ctx.expand(name) for name in keep) if keep is not None else None,
+        drop=frozenset(ctx.expand(name) for name in drop) if drop is not None else None,
+    )
     return Response(status_code=204)
 
 

@@ -27,7 +27,7 @@ from cityos.api.ngsild.params import (
     render_options,
 )
 from cityos.broker.context import CompiledContext
-from cityos.broker.entities import check_entity_id
+from cityos.broker.entities import check_attribute_name, check_entity_id
 from cityos.broker.query_language import parse_type_selector
 from cityos.broker.representation import (
     RenderOptions,
@@ -35,7 +35,12 @@ from cityos.broker.representation import (
     to_geojson_feature,
 )
 from cityos.broker.service import UpdateResult
-from cityos.core.errors import BadRequestData, MethodNotAllowed, ResourceNotFound
+from cityos.core.errors import (
+    BadRequestData,
+    InvalidRequest,
+    MethodNotAllowed,
+    ResourceNotFound,
+)
 from cityos.core.jsonio import dumps
 
 router = APIRouter()
@@ -86,20 +91,28 @@ ENTITY_PATH = "/ngsi-ld/v1/entities/"
 
 
 def _object_body(data: Any) -> dict[str, Any]:  # Any: JSON value
+    """The body of a single-entity write: anything but a JSON object is not a valid
+    request at all (InvalidRequest), checked before its @context is looked at."""
     if not isinstance(data, dict):
-        raise BadRequestData("The body must be a JSON object")
+        raise InvalidRequest("The body must be a JSON object")
     return data
+
+
+async def _object_body_and_context(
+    request: Request, *, allow_merge_patch: bool = False
+) -> tuple[dict[str, Any], CompiledContext]:
+    body = await read_body(request, allow_merge_patch=allow_merge_patch)
+    _object_body(body.data)
+    ctx = await context_of(request, body)
+    return _object_body(strip_context(body.data)), ctx
 
 
 @router.post("/entities", status_code=201)
 async def create_entity(request: Request) -> Response:
     """Create an entity; 201 with its Location."""
     check_params(request, NO_PARAMS)
-    body = await read_body(request)
-    ctx = await context_of(request, body)
-    entity_id = broker_of(request).create_entity(
-        tenant_of(request), _object_body(strip_context(body.data)), ctx.expand
-    )
+    data, ctx = await _object_body_and_context(request)
+    entity_id = broker_of(request).create_entity(tenant_of(request), data, ctx.expand)
     return Response(status_code=201, headers={"Location": ENTITY_PATH + entity_id})
 
 
@@ -191,6 +204,7 @@ async def delete_attribute(request: Request, entity_id: str, attr_name: str) -> 
     """Delete an attribute (default instance, one datasetId, or all with deleteAll)."""
     check_params(request, frozenset({"datasetId", "deleteAll", "local"}))
     check_entity_id(entity_id)
+    check_attribute_name(attr_name)
     ctx = await context_of(request)
     params = request.query_params
     broker_of(request).delete_attribute(
@@ -208,14 +222,9 @@ async def partial_update_attribute(request: Request, entity_id: str, attr_name: 
     """Partially update one attribute: merge the fragment into the instance."""
     check_params(request, NO_PARAMS)
     check_entity_id(entity_id)
-    body = await read_body(request, allow_merge_patch=True)
-    ctx = await context_of(request, body)
+    data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
     broker_of(request).partial_update_attribute(
-        tenant_of(request),
-        entity_id,
-        attr_name,
-        _object_body(strip_context(body.data)),
-        ctx.expand,
+        tenant_of(request), entity_id, attr_name, data, ctx.expand
     )
     return Response(status_code=204)
 
@@ -225,15 +234,8 @@ async def replace_attribute(request: Request, entity_id: str, attr_name: str) ->
     """Replace one attribute."""
     check_params(request, NO_PARAMS)
     check_entity_id(entity_id)
-    body = await read_body(request)
-    ctx = await context_of(request, body)
-    broker_of(request).replace_attribute(
-        tenant_of(request),
-        entity_id,
-        attr_name,
-        _object_body(strip_context(body.data)),
-        ctx.expand,
-    )
+    data, ctx = await _object_body_and_context(request)
+    broker_of(request).replace_attribute(tenant_of(request), entity_id, attr_name, data, ctx.expand)
     return Response(status_code=204)
 
 
@@ -242,15 +244,10 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
     """Append attributes; 207 with an UpdateResult when some were not appended."""
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
-    body = await read_body(request)
-    ctx = await context_of(request, body)
+    data, ctx = await _object_body_and_context(request)
     no_overwrite = "noOverwrite" in options_of(request.query_params)
     result = broker_of(request).append_attributes(
-        tenant_of(request),
-        entity_id,
-        _object_body(strip_context(body.data)),
-        ctx.expand,
-        no_overwrite=no_overwrite,
+        tenant_of(request), entity_id, data, ctx.expand, no_overwrite=no_overwrite
     )
     return _update_response(result, ctx)
 
@@ -260,11 +257,8 @@ async def update_attributes(request: Request, entity_id: str) -> Response:
     """Update existing attributes; 207 with an UpdateResult when some did not exist."""
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
-    body = await read_body(request, allow_merge_patch=True)
-    ctx = await context_of(request, body)
-    result = broker_of(request).update_attributes(
-        tenant_of(request), entity_id, _object_body(strip_context(body.data)), ctx.expand
-    )
+    data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
+    result = broker_of(request).update_attributes(tenant_of(request), entity_id, data, ctx.expand)
     return _update_response(result, ctx)
 
 
@@ -286,11 +280,8 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
     """Merge-patch an entity."""
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
-    body = await read_body(request, allow_merge_patch=True)
-    ctx = await context_of(request, body)
-    broker_of(request).merge_entity(
-        tenant_of(request), entity_id, _object_body(strip_context(body.data)), ctx.expand
-    )
+    data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
+    broker_of(request).merge_entity(tenant_of(request), entity_id, data, ctx.expand)
     return Response(status_code=204)
 
 
@@ -299,11 +290,8 @@ async def replace_entity(request: Request, entity_id: str) -> Response:
     """Replace an entity."""
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
-    body = await read_body(request)
-    ctx = await context_of(request, body)
-    broker_of(request).replace_entity(
-        tenant_of(request), entity_id, _object_body(strip_context(body.data)), ctx.expand
-    )
+    data, ctx = await _object_body_and_context(request)
+    broker_of(request).replace_entity(tenant_of(request), entity_id, data, ctx.expand)
     return Response(status_code=204)
 
 
