@@ -60,7 +60,7 @@ async def list_types(request: Request) -> Response:
 
 @router.get("/types/{type_name:path}")
 async def retrieve_type(request: Request, type_name: str) -> Response:
-    """EntityTypeInformation: how many entities and which attributes of which kinds."""
+    """EntityTypeInfo: how many entities and which attributes of which kinds."""
     media_type = negotiate(request)
     ctx = await context_of(request)
     type_iri = ctx.expand(type_name)
@@ -77,7 +77,7 @@ async def retrieve_type(request: Request, type_name: str) -> Response:
             kinds[row.attr_iri].add(row.kind)
     data = {
         "id": type_iri,
-        "type": "EntityTypeInformation",
+        "type": "EntityTypeInfo",
         "typeName": ctx.compact(type_iri),
         "entityCount": count,
         "attributeDetails": [
@@ -113,13 +113,17 @@ def _attribute_details(rows: list[AttributeUsage]) -> dict[str, dict[str, object
 
 @router.get("/attributes")
 async def list_attributes(request: Request) -> Response:
-    """AttributeList, or with ``details=true`` one Attribute object per attribute."""
+    """AttributeList, or with ``details=true`` one Attribute object per attribute.
+
+    The detailed list names each attribute and the entity types that have it; counts
+    and attribute kinds are left to retrieving one attribute (``/attributes/{attr}``).
+    """
     media_type = negotiate(request)
     ctx = await context_of(request)
     details = _attribute_details(_usage(request))
     if bool_param(request.query_params, "details"):
         data: object = [
-            _attribute_object(attr_iri, info, ctx.compact) for attr_iri, info in details.items()
+            _attribute_summary(attr_iri, info, ctx.compact) for attr_iri, info in details.items()
         ]
     else:
         data = {
@@ -156,3 +160,11 @@ def _attribute_object(attr_iri: str, info: dict[str, object], compact: object) -
         "attributeTypes": info["kinds"],
         "typeNames": [compact(t) for t in types],
     }
+
+
+def _attribute_summary(
+    attr_iri: str, info: dict[str, object], compact: object
+) -> dict[str, object]:
+    full = _attribute_object(attr_iri, info, compact)
+    del full["attributeCount"], full["attributeTypes"]
+    return full
