@@ -180,3 +180,28 @@ def test_detailed_attribute_list_has_names_and_types_only(
     assert response.status_code == 200
     located_at = next(a for a in response.json() if a["attributeName"] == "locatedAt")
     assert set(located_at) == {"id", "type", "attributeName", "typeNames"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/types"),
+        ("GET", "/types/Building"),
+        ("GET", "/attributes"),
+        ("GET", "/attributes/name"),
+        ("POST", "/entityOperations/query"),
+    ],
+)
+def test_unknown_parameter_is_invalid_request(client: httpx.Client, method: str, path: str) -> None:
+    body = {"type": "Query", "entities": [{"type": "T"}]} if method == "POST" else None
+    response = client.request(method, path, params={"invalidParams": "x"}, json=body)
+    assert response.status_code == 400
+    assert response.json()["type"] == INVALID_REQUEST
+
+
+def test_post_query_order_by(client: httpx.Client, uid: str) -> None:
+    for number, value in ((1, 2), (2, 3), (3, 1)):
+        create(client, {"id": f"urn:ngsi-ld:T:{uid}:{number}", "type": f"T{uid}", "n": value})
+    body = {"type": "Query", "entities": [{"type": f"T{uid}"}]}
+    response = client.post("/entityOperations/query", params={"orderBy": "n"}, json=body)
+    assert [e["id"][-1] for e in response.json()] == ["3", "1", "2"]

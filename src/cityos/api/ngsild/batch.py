@@ -15,6 +15,7 @@ from cityos.api.ngsild.common import (
     JSON_LD,
     Body,
     broker_of,
+    check_params,
     context_of,
     negotiate,
     ngsi_response,
@@ -38,6 +39,7 @@ from cityos.broker.context import CompiledContext, ContextResolver
 from cityos.broker.entities import ExpandTerm
 from cityos.broker.geoquery import parse_geo_query
 from cityos.broker.join import JoinRequest
+from cityos.broker.ordering import parse_order_by
 from cityos.broker.query_language import parse_q, parse_scope_q, parse_type_selector
 from cityos.broker.representation import RenderOptions
 from cityos.broker.service import BatchResult, EntityQuery, EntitySelector
@@ -148,6 +150,27 @@ async def purge_entities(request: Request) -> Response:
     return Response(status_code=204)
 
 
+POST_QUERY_PARAMS = frozenset(
+    {
+        "limit",
+        "offset",
+        "count",
+        "options",
+        "format",
+        "local",
+        "attrs",
+        "pick",
+        "omit",
+        "lang",
+        "datasetId",
+        "join",
+        "joinLevel",
+        "geometryProperty",
+        "orderBy",
+    }
+)
+
+
 @router.post("/entityOperations/query")
 async def query_post(request: Request) -> Response:
     """Query entities with a Query object in the body (NGSI-LD 5.7.2 over POST).
@@ -155,6 +178,7 @@ async def query_post(request: Request) -> Response:
     The body's ``attrs``, ``pick``, ``omit``, ``lang``, ``datasetId``, ``join``,
     ``joinLevel`` and ``geometryProperty`` take precedence over the same query parameters.
     """
+    check_params(request, POST_QUERY_PARAMS)
     media_type = negotiate(request, geo=True)
     body = await read_body(request)
     ctx = await context_of(request, body)
@@ -260,6 +284,9 @@ def _query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Reques
         limit=int_param(params, "limit", request.app.state.settings.default_page_limit, minimum=0),
         offset=int_param(params, "offset", 0, minimum=0),
         count=bool_param(params, "count"),
+        order_by=parse_order_by(params["orderBy"]).expand(ctx.expand)
+        if "orderBy" in params
+        else None,
     )
 
 

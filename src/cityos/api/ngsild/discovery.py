@@ -10,12 +10,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.api.auth import check_public_read
-from cityos.api.ngsild.common import broker_of, context_of, negotiate, ngsi_response, tenant_of
+from cityos.api.ngsild.common import (
+    broker_of,
+    check_params,
+    context_of,
+    negotiate,
+    ngsi_response,
+    tenant_of,
+)
 from cityos.api.ngsild.params import bool_param
 from cityos.core.errors import ResourceNotFound
 from cityos.storage.base import AttributeUsage
 
 router = APIRouter()
+
+LIST_PARAMS = frozenset({"details", "local"})
+ITEM_PARAMS = frozenset({"local"})
 
 
 def _usage(request: Request) -> list[AttributeUsage]:
@@ -29,6 +39,7 @@ def _usage(request: Request) -> list[AttributeUsage]:
 @router.get("/types")
 async def list_types(request: Request) -> Response:
     """EntityTypeList, or with ``details=true`` one EntityType per type."""
+    check_params(request, LIST_PARAMS)
     media_type = negotiate(request)
     ctx = await context_of(request)
     check_public_read(request, ())
@@ -61,6 +72,7 @@ async def list_types(request: Request) -> Response:
 @router.get("/types/{type_name:path}")
 async def retrieve_type(request: Request, type_name: str) -> Response:
     """EntityTypeInfo: how many entities and which attributes of which kinds."""
+    check_params(request, ITEM_PARAMS)
     media_type = negotiate(request)
     ctx = await context_of(request)
     type_iri = ctx.expand(type_name)
@@ -118,6 +130,7 @@ async def list_attributes(request: Request) -> Response:
     The detailed list names each attribute and the entity types that have it; counts
     and attribute kinds are left to retrieving one attribute (``/attributes/{attr}``).
     """
+    check_params(request, LIST_PARAMS)
     media_type = negotiate(request)
     ctx = await context_of(request)
     details = _attribute_details(_usage(request))
@@ -137,6 +150,7 @@ async def list_attributes(request: Request) -> Response:
 @router.get("/attributes/{attr_name:path}")
 async def retrieve_attribute(request: Request, attr_name: str) -> Response:
     """One Attribute: how many entities have it, of which kinds and types."""
+    check_params(request, ITEM_PARAMS)
     media_type = negotiate(request)
     ctx = await context_of(request)
     attr_iri = ctx.expand(attr_name)
