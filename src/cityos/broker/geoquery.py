@@ -285,9 +285,9 @@ def parse_geo_query(
     - ``geometry``: ``Point``, ``MultiPoint``, ``LineString``, ``MultiLineString``,
       ``Polygon``, ``MultiPolygon`` (case-sensitive, as GeoJSON).
     - ``coordinates``: the JSON text of the coordinates array, or the parsed array
-      (POST bodies); validated as GeoJSON coordinates of ``geometry``. Polygons must
-      also be topologically valid (no self-intersection), since predicates on invalid
-      polygons have no defined answer.
+      (POST bodies); validated as GeoJSON coordinates of ``geometry``. A polygon whose
+      rings cross themselves is still GeoJSON (RFC 7946 only asks for closed rings of
+      four or more positions); it is evaluated as the area it encloses (``make_valid``).
     - ``geoproperty``: the GeoProperty term; ``None`` means ``location``.
 
     Returns ``None`` when none of georel, geometry, coordinates is given (a lone
@@ -371,13 +371,7 @@ def _parse_coordinates(coordinates: object) -> object:
 
 
 def _query_shape(geometry: GeoJSON) -> Shape:
-    shape = to_shape(geometry)
-    if geometry["type"] in ("Polygon", "MultiPolygon"):
-        reason = shapely.is_valid_reason(shape)
-        if reason != "Valid Geometry":
-            raise BadRequestData(
-                f"Invalid coordinates for {geometry['type']}: not a valid polygon ({reason})"
-            )
+    shape = _valid(to_shape(geometry))
     # Preparing builds a spatial index of the query once; every predicate then uses it.
     shapely.prepare(shape)
     return shape
@@ -387,9 +381,17 @@ def _entity_shape(entity_geometry: object) -> Shape | None:
     if not isinstance(entity_geometry, Mapping) or not isinstance(entity_geometry.get("type"), str):
         return None
     try:
-        return to_shape(entity_geometry)
+        return _valid(to_shape(entity_geometry))
     except _SHAPE_ERRORS:
         return None
+
+
+def _valid(shape: Shape) -> Shape:
+    # Predicates on self-intersecting polygons have no defined answer; their valid
+    # form covers the same area, so relations are decided on that.
+    if shapely.is_valid(shape):
+        return shape
+    return shapely.make_valid(shape)
 
 
 def _format_number(value: float) -> str:

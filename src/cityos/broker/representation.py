@@ -16,6 +16,7 @@ from cityos.broker.model import (
     StoredEntity,
     is_sub_attribute_key,
 )
+from cityos.broker.projection import Projection, omits, picks
 
 CompactIri = Callable[[str], str]
 Format = Literal["normalized", "concise", "keyValues"]
@@ -29,7 +30,8 @@ class RenderOptions:
     """How to render: format, system attributes, projection and language choice.
 
     ``attrs`` keeps only those attribute IRIs (``None`` = all). ``pick``/``omit`` apply to
-    the entity's top-level members by IRI, plus the literal names ``id`` and ``type``.
+    the entity's top-level members by IRI, plus the literal names ``id``, ``type``,
+    ``scope``; their nested parts are for linked entities (``cityos.broker.join``).
     ``lang`` is an NGSI-LD language filter (``ja``, ``en,ja;q=0.5``, ``*``).
     ``dataset_ids`` keeps only instances with those datasetIds (``"@none"`` = default).
     """
@@ -37,8 +39,8 @@ class RenderOptions:
     format: Format = "normalized"
     sys_attrs: bool = False
     attrs: frozenset[str] | None = None
-    pick: frozenset[str] | None = None
-    omit: frozenset[str] | None = None
+    pick: Projection | None = None
+    omit: Projection | None = None
     lang: str | None = None
     dataset_ids: frozenset[str] | None = None
 
@@ -58,7 +60,7 @@ def render_entity(
         out["scope"] = scopes[0] if len(scopes) == 1 else scopes
     if options.sys_attrs and options.format != "keyValues":
         for key in _SYS_KEYS:
-            if key in entity:
+            if key in entity and _kept(key, options):
                 out[key] = entity[key]
     for attr_iri, instances in entity.get("attrs", {}).items():
         if options.attrs is not None and attr_iri not in options.attrs:
@@ -74,9 +76,7 @@ def render_entity(
 
 
 def _kept(member: str, options: RenderOptions) -> bool:
-    if options.pick is not None and member not in options.pick:
-        return False
-    return not (options.omit is not None and member in options.omit)
+    return picks(options.pick, member) and not omits(options.omit, member)
 
 
 def render_attribute(

@@ -34,6 +34,7 @@ from cityos.broker.entities import (
 )
 from cityos.broker.geoquery import GeoQuery
 from cityos.broker.model import AttributeInstance, StoredEntity, is_sub_attribute_key
+from cityos.broker.ordering import OrderBy
 from cityos.broker.query_language import QExpression, ScopeExpression, TypeExpression
 from cityos.core.errors import (
     BadRequestData,
@@ -73,6 +74,7 @@ class EntityQuery:
     """A query over entities; every given criterion must hold (all IRIs expanded).
 
     ``selectors``: the entity must match at least one of them (none = any entity).
+    ``order_by``: sort all matches before paging (``None`` = insertion order).
     """
 
     selectors: tuple[EntitySelector, ...] = ()
@@ -84,6 +86,7 @@ class EntityQuery:
     limit: int = 20
     offset: int = 0
     count: bool = False
+    order_by: OrderBy | None = None
 
 
 @dataclass
@@ -408,6 +411,14 @@ class ContextBroker:
             )
         if not self.storage.tenant_exists(tenant):
             raise NonexistentTenant(f"Tenant {tenant!r} does not exist")
+        if query.order_by is not None:
+            # Ordering needs every match before the first page can be cut.
+            matches = list(self._matching(tenant, query))
+            query.order_by.sort(matches)
+            return QueryResult(
+                matches[query.offset : query.offset + query.limit],
+                len(matches) if query.count else None,
+            )
         page: list[StoredEntity] = []
         total = 0
         wanted = query.offset + query.limit

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.api.auth import check_public_read
 from cityos.api.ngsild.common import (
+    GEO_JSON,
     JSON_LD,
     broker_of,
     check_params,
@@ -23,11 +25,13 @@ from cityos.api.ngsild.common import (
     strip_context,
     tenant_of,
 )
+from cityos.api.ngsild.entities import geojson_response, linked_entities, render_entities
 from cityos.api.ngsild.params import (
     bool_param,
     compile_id_pattern,
     entity_query,
     int_param,
+    join_request,
     options_of,
     render_options,
 )
@@ -35,8 +39,10 @@ from cityos.api.problems import problem_details
 from cityos.broker.context import CompiledContext
 from cityos.broker.entities import ExpandTerm
 from cityos.broker.geoquery import parse_geo_query
+from cityos.broker.join import JoinRequest
+from cityos.broker.ordering import parse_order_by
 from cityos.broker.query_language import parse_q, parse_scope_q, parse_type_selector
-from cityos.broker.representation import RenderOptions, render_entity
+from cityos.broker.representation import RenderOptions
 from cityos.broker.service import BatchResult, EntityQuery, EntitySelector
 from cityos.core.errors import BadRequestData, CityosError
 from cityos.core.jsonio import dumps
@@ -207,39 +213,93 @@ async def purge_entities(request: Request) -> Response:
     return Response(status_code=204)
 
 
+POST_QUERY_PARAMS = frozenset(
+    {
+        "limit",
+        "offset",
+        "count",
+        "options",
+        "format",
+        "local",
+        "attrs",
+        "pick",
+        "omit",
+        "lang",
+        "datasetId",
+        "join",
+        "joinLevel",
+        "geometryProperty",
+        "orderBy",
+    }
+)
+
+
 @router.post("/entityOperations/query")
 async def query_post(request: Request) -> Response:
-    """Query entities with a Query object in the body (NGSI-LD 5.7.2 over POST)."""
-    media_type = negotiate(request)
+    """Query entities with a Query object in the body (NGSI-LD 5.7.2 over POST).
+
+    The body's ``attrs``, ``pick``, ``omit``, ``lang``, ``datasetId``, ``join``,
+    ``joinLevel`` and ``geometryProperty`` take precedence over the same query parameters.
+    """
+    check_params(request, POST_QUERY_PARAMS)
+    media_type = negotiate(request, geo=True)
     body = await read_body(request)
     ctx = await context_of(request, body)
     data = strip_context(body.data)
     if not isinstance(data, dict) or data.get("type") != "Query":
         raise BadRequestData("The body must be a Query object with type 'Query'")
     query = _query_from_body(data, ctx, request)
+    options = _body_render_options(data, request, ctx)
+    join = _body_join(data, request)
     check_public_read(
         request,
         set().union(*(s.types.type_names() for s in query.selectors if s.types is not None))
         if query.selectors and all(s.types is not None for s in query.selectors)
         else (),
     )
-    result = broker_of(request).query_entities(tenant_of(request), query)
-    options = render_options(request.query_params, ctx)
-    attrs = data.get("attrs")
-    if isinstance(attrs, list):
-        options = RenderOptions(
-            format=options.format,
-            sys_attrs=options.sys_attrs,
-            attrs=frozenset(ctx.expand(a) for a in attrs),
-            pick=options.pick,
-            omit=options.omit,
-            lang=data.get("lang", options.lang),
-        )
-    rendered = [render_entity(e, ctx.compact, options) for e in result.entities]
+    broker = broker_of(request)
+    tenant = tenant_of(request)
+    result = broker.query_entities(tenant, query)
+    rendered = render_entities(result.entities, ctx, options, join, linked_entities(broker, tenant))
     headers = {}
     if result.total is not None:
         headers["NGSILD-Results-Count"] = str(result.total)
+    if media_type == GEO_JSON:
+        geometry_property = data.get(
+            "geometryProperty", request.query_params.get("geometryProperty")
+        )
+        if geometry_property is not None and not isinstance(geometry_property, str):
+            raise BadRequestData("geometryProperty must be a string")
+        return geojson_response(geometry_property, rendered, ctx, options, headers)
     return ngsi_response(rendered, ctx, media_type, headers=headers)
+
+
+def _body_params(data: dict[str, Any], request: Request, names: tuple[str, ...]) -> QueryParams:
+    """Query parameters overlaid with the same members of a Query body (lists joined by ',')."""
+    merged = dict(request.query_params)
+    for name in names:
+        if name not in data:
+            continue
+        value = data[name]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise BadRequestData(f"{name} must be a string or a list of strings")
+        merged[name] = value
+    return QueryParams(merged)
+
+
+def _body_render_options(
+    data: dict[str, Any], request: Request, ctx: CompiledContext
+) -> RenderOptions:
+    params = _body_params(data, request, ("attrs", "pick", "omit", "lang", "datasetId"))
+    return render_options(params, ctx)
+
+
+def _body_join(data: dict[str, Any], request: Request) -> JoinRequest | None:
+    return join_request(_body_params(data, request, ("join", "joinLevel")))
 
 
 def _query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Request) -> EntityQuery:
@@ -287,6 +347,9 @@ def _query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Reques
         limit=int_param(params, "limit", request.app.state.settings.default_page_limit, minimum=0),
         offset=int_param(params, "offset", 0, minimum=0),
         count=bool_param(params, "count"),
+        order_by=parse_order_by(params["orderBy"]).expand(ctx.expand)
+        if "orderBy" in params
+        else None,
     )
 
 

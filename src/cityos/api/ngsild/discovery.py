@@ -24,6 +24,9 @@ from cityos.storage.base import AttributeUsage
 
 router = APIRouter()
 
+LIST_PARAMS = frozenset({"details", "local"})
+ITEM_PARAMS = frozenset({"local"})
+
 
 def _usage(request: Request) -> list[AttributeUsage]:
     check_public_read(request, ())
@@ -36,7 +39,7 @@ def _usage(request: Request) -> list[AttributeUsage]:
 @router.get("/types")
 async def list_types(request: Request) -> Response:
     """EntityTypeList, or with ``details=true`` one EntityType per type."""
-    check_params(request, frozenset({"details", "local"}))
+    check_params(request, LIST_PARAMS)
     media_type = negotiate(request)
     ctx = await context_of(request)
     check_public_read(request, ())
@@ -68,8 +71,8 @@ async def list_types(request: Request) -> Response:
 
 @router.get("/types/{type_name:path}")
 async def retrieve_type(request: Request, type_name: str) -> Response:
-    """EntityTypeInformation: how many entities and which attributes of which kinds."""
-    check_params(request, frozenset({"local"}))
+    """EntityTypeInfo: how many entities and which attributes of which kinds."""
+    check_params(request, ITEM_PARAMS)
     media_type = negotiate(request)
     ctx = await context_of(request)
     type_iri = ctx.expand(type_name)
@@ -86,7 +89,7 @@ async def retrieve_type(request: Request, type_name: str) -> Response:
             kinds[row.attr_iri].add(row.kind)
     data = {
         "id": type_iri,
-        "type": "EntityTypeInformation",
+        "type": "EntityTypeInfo",
         "typeName": ctx.compact(type_iri),
         "entityCount": count,
         "attributeDetails": [
@@ -122,14 +125,18 @@ def _attribute_details(rows: list[AttributeUsage]) -> dict[str, dict[str, object
 
 @router.get("/attributes")
 async def list_attributes(request: Request) -> Response:
-    """AttributeList, or with ``details=true`` one Attribute object per attribute."""
-    check_params(request, frozenset({"details", "local"}))
+    """AttributeList, or with ``details=true`` one Attribute object per attribute.
+
+    The detailed list names each attribute and the entity types that have it; counts
+    and attribute kinds are left to retrieving one attribute (``/attributes/{attr}``).
+    """
+    check_params(request, LIST_PARAMS)
     media_type = negotiate(request)
     ctx = await context_of(request)
     details = _attribute_details(_usage(request))
     if bool_param(request.query_params, "details"):
         data: object = [
-            _attribute_object(attr_iri, info, ctx.compact) for attr_iri, info in details.items()
+            _attribute_summary(attr_iri, info, ctx.compact) for attr_iri, info in details.items()
         ]
     else:
         data = {
@@ -143,7 +150,7 @@ async def list_attributes(request: Request) -> Response:
 @router.get("/attributes/{attr_name:path}")
 async def retrieve_attribute(request: Request, attr_name: str) -> Response:
     """One Attribute: how many entities have it, of which kinds and types."""
-    check_params(request, frozenset({"local"}))
+    check_params(request, ITEM_PARAMS)
     media_type = negotiate(request)
     ctx = await context_of(request)
     attr_iri = ctx.expand(attr_name)
@@ -167,3 +174,11 @@ def _attribute_object(attr_iri: str, info: dict[str, object], compact: object) -
         "attributeTypes": info["kinds"],
         "typeNames": [compact(t) for t in types],
     }
+
+
+def _attribute_summary(
+    attr_iri: str, info: dict[str, object], compact: object
+) -> dict[str, object]:
+    full = _attribute_object(attr_iri, info, compact)
+    del full["attributeCount"], full["attributeTypes"]
+    return full

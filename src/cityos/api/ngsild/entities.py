@@ -23,18 +23,21 @@ from cityos.api.ngsild.common import (
 from cityos.api.ngsild.params import (
     bool_param,
     entity_query,
+    join_request,
     options_of,
     render_options,
 )
 from cityos.broker.context import CompiledContext
 from cityos.broker.entities import check_attribute_name, check_entity_id
+from cityos.broker.join import FetchEntities, JoinRequest, render_joined
+from cityos.broker.model import StoredEntity
 from cityos.broker.query_language import parse_type_selector
 from cityos.broker.representation import (
     RenderOptions,
     render_entity,
     to_geojson_feature,
 )
-from cityos.broker.service import UpdateResult
+from cityos.broker.service import ContextBroker, EntityQuery, EntitySelector, UpdateResult
 from cityos.core.errors import (
     BadRequestData,
     InvalidRequest,
@@ -123,34 +126,69 @@ async def query_entities(request: Request) -> Response:
     media_type = negotiate(request, geo=True)
     ctx = await context_of(request)
     params = request.query_params
-    if not any(
-        key in params for key in ("type", "id", "idPattern", "attrs", "q", "georel", "scopeQ")
-    ) and not bool_param(params, "local"):
-        raise BadRequestData("Give at least one of type, id, idPattern, attrs, q, georel or scopeQ")
+    if not any(key in params for key in ("type", "attrs", "q", "georel")) and not bool_param(
+        params, "local"
+    ):
+        raise BadRequestData("Give at least one of type, attrs, q, georel or local=true")
     broker = broker_of(request)
     query = entity_query(params, ctx, default_limit=request.app.state.settings.default_page_limit)
+    options = render_options(params, ctx)
+    join = join_request(params)
     selector_types = query.selectors[0].types if query.selectors else None
     check_public_read(request, selector_types.type_names() if selector_types else ())
     if query.limit == 0 and not query.count:
         raise BadRequestData("limit=0 is only allowed together with count=true")
-    result = broker.query_entities(tenant_of(request), query)
-    options = render_options(params, ctx)
-    rendered = [render_entity(e, ctx.compact, options) for e in result.entities]
+    tenant = tenant_of(request)
+    result = broker.query_entities(tenant, query)
+    rendered = render_entities(result.entities, ctx, options, join, linked_entities(broker, tenant))
     headers = {}
     if result.total is not None:
         headers["NGSILD-Results-Count"] = str(result.total)
     if media_type == GEO_JSON:
-        return _geojson_response(params.get("geometryProperty"), rendered, ctx, options, headers)
+        return geojson_response(params.get("geometryProperty"), rendered, ctx, options, headers)
     return ngsi_response(rendered, ctx, media_type, headers=headers)
 
 
-def _geojson_response(
+def render_entities(
+    entities: list[StoredEntity],
+    ctx: CompiledContext,
+    options: RenderOptions,
+    join: JoinRequest | None,
+    fetch: FetchEntities,
+) -> list[dict[str, Any]]:
+    """Render query results; entities left empty by pick/omit are left out."""
+    if join is not None:
+        return render_joined(entities, ctx.compact, options, join, fetch)
+    rendered = [render_entity(e, ctx.compact, options) for e in entities]
+    if options.pick is not None or options.omit is not None:
+        rendered = [r for r in rendered if r]
+    return rendered
+
+
+def linked_entities(broker: ContextBroker, tenant: str) -> FetchEntities:
+    """Look up the targets of Relationships by id, a page of ``max_limit`` at a time."""
+
+    def fetch(ids: set[str]) -> dict[str, StoredEntity]:
+        found: dict[str, StoredEntity] = {}
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), broker.max_limit):
+            chunk = frozenset(ordered[start : start + broker.max_limit])
+            query = EntityQuery(selectors=(EntitySelector(ids=chunk),), limit=len(chunk))
+            for entity in broker.query_entities(tenant, query).entities:
+                found[entity["id"]] = entity
+        return found
+
+    return fetch
+
+
+def geojson_response(
     geometry_property: str | None,
     rendered: list[dict[str, Any]] | dict[str, Any],
     ctx: CompiledContext,
     options: RenderOptions,
     headers: dict[str, str],
 ) -> Response:
+    """A Feature (one entity) or FeatureCollection, with the ``@context`` of the request."""
     name = geometry_property or "location"
     key_values = options.format == "keyValues"
     if isinstance(rendered, dict):
@@ -180,22 +218,37 @@ async def attribute_name_missing(request: Request, entity_id: str) -> Response:
 
 @router.get("/entities/{entity_id:path}")
 async def retrieve_entity(request: Request, entity_id: str) -> Response:
-    """Retrieve one entity in the requested representation."""
+    """Retrieve one entity in the requested representation.
+
+    404 when it does not exist, is not of the given ``type``, has none of the ``attrs``
+    asked for, or has no member left after ``pick``/``omit``.
+    """
     check_params(request, RETRIEVE_PARAMS)
     check_entity_id(entity_id)
     media_type = negotiate(request, geo=True)
     ctx = await context_of(request)
     params = request.query_params
-    entity = broker_of(request).retrieve_entity(tenant_of(request), entity_id)
+    options = render_options(params, ctx)
+    join = join_request(params)
+    broker = broker_of(request)
+    tenant = tenant_of(request)
+    entity = broker.retrieve_entity(tenant, entity_id)
     check_public_read(request, entity["type"], any_public=True)
     if "type" in params and not (
         parse_type_selector(params["type"]).expand(ctx.expand).matches(entity["type"])
     ):
         raise ResourceNotFound(f"Entity {entity_id} is not of type {params['type']}")
-    options = render_options(params, ctx)
-    rendered = render_entity(entity, ctx.compact, options)
+    if options.attrs is not None and options.attrs.isdisjoint(entity.get("attrs", {})):
+        raise ResourceNotFound(f"Entity {entity_id} has none of the attributes {params['attrs']}")
+    rendered_list = render_entities([entity], ctx, options, join, linked_entities(broker, tenant))
+    if not rendered_list:
+        raise ResourceNotFound(f"Entity {entity_id} has no member left after pick and omit")
+    # join=flat answers with the entity and its linked entities; alone, it is the entity.
+    rendered: list[dict[str, Any]] | dict[str, Any] = (
+        rendered_list if len(rendered_list) > 1 else rendered_list[0]
+    )
     if media_type == GEO_JSON:
-        return _geojson_response(params.get("geometryProperty"), rendered, ctx, options, {})
+        return geojson_response(params.get("geometryProperty"), rendered, ctx, options, {})
     return ngsi_response(rendered, ctx, media_type)
 
 

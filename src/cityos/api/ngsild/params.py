@@ -8,11 +8,20 @@ from starlette.datastructures import QueryParams
 
 from cityos.api.ngsild.common import split_list
 from cityos.broker.context import CompiledContext
+from cityos.broker.entities import check_entity_id
 from cityos.broker.geoquery import parse_geo_query
+from cityos.broker.join import JoinRequest
+from cityos.broker.ordering import parse_order_by
+from cityos.broker.projection import (
+    CORE_MEMBERS,
+    Projection,
+    check_pick_and_omit,
+    parse_projection,
+)
 from cityos.broker.query_language import parse_q, parse_scope_q, parse_type_selector
 from cityos.broker.representation import Format, RenderOptions
 from cityos.broker.service import EntityQuery, EntitySelector
-from cityos.core.errors import BadRequestData
+from cityos.core.errors import BadRequestData, InvalidRequest
 
 _FORMATS: dict[str, Format] = {
     "keyValues": "keyValues",
@@ -37,51 +46,82 @@ _KNOWN_OPTIONS = frozenset(
 
 
 def options_of(params: QueryParams) -> set[str]:
-    """The ``options`` parameter as a set; unknown options are a 400."""
-    options = set(split_list(params.get("options")) or [])
+    """The ``options`` parameter as a set; unknown options are an InvalidRequest (400)."""
+    try:
+        options = set(split_list(params.get("options")) or [])
+    except BadRequestData as exc:
+        raise InvalidRequest(exc.detail) from None
     unknown = options - _KNOWN_OPTIONS
     if unknown:
-        raise BadRequestData(f"Unknown options: {', '.join(sorted(unknown))}")
+        raise InvalidRequest(f"Unknown options: {', '.join(sorted(unknown))}")
     return options
 
 
 def render_options(params: QueryParams, ctx: CompiledContext) -> RenderOptions:
-    """Format, sysAttrs, projection and language from query parameters."""
+    """Format, sysAttrs, projection and language from query parameters.
+
+    ``format`` wins over a format given in ``options``. ``pick``/``omit`` may not come
+    with ``attrs``, nor name the same member (400).
+    """
     options = options_of(params)
     formats = {_FORMATS[o] for o in options if o in _FORMATS}
     if "format" in params:
         if params["format"] not in _FORMATS:
-            raise BadRequestData(f"Unknown format: {params['format']!r}")
+            raise InvalidRequest(f"Unknown format: {params['format']!r}")
         formats = {_FORMATS[params["format"]]}
     if len(formats - {"normalized"}) > 1:
         raise BadRequestData("Choose one of keyValues and concise")
     chosen: Format = next(iter(formats - {"normalized"}), "normalized")
+    pick = _projection(params, "pick", ctx)
+    omit = _projection(params, "omit", ctx)
+    if (pick is not None or omit is not None) and "attrs" in params:
+        raise BadRequestData("pick and omit cannot be combined with attrs")
+    check_pick_and_omit(pick, omit)
     return RenderOptions(
         format=chosen,
         sys_attrs="sysAttrs" in options,
-        attrs=_expanded(params.get("attrs"), ctx),
-        pick=_members(params.get("pick"), ctx),
-        omit=_members(params.get("omit"), ctx),
+        attrs=attribute_names(params.get("attrs"), ctx),
+        pick=pick,
+        omit=omit,
         lang=params.get("lang"),
         dataset_ids=frozenset(split_list(params.get("datasetId")) or []) or None,
     )
 
 
-def _expanded(value: str | None, ctx: CompiledContext) -> frozenset[str] | None:
-    names = split_list(value)
-    return None if names is None else frozenset(ctx.expand(n) for n in names)
+def _projection(params: QueryParams, name: str, ctx: CompiledContext) -> Projection | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    return parse_projection(text, parameter=name).expand(ctx.expand)
 
 
-def _members(value: str | None, ctx: CompiledContext) -> frozenset[str] | None:
+def join_request(params: QueryParams) -> JoinRequest | None:
+    """``join=inline|flat`` with ``joinLevel`` (default 1); ``None`` for no join or ``@none``."""
+    mode = params.get("join")
+    level = int_param(params, "joinLevel", 1, minimum=1)
+    if mode is None or mode == "@none":
+        return None
+    if mode not in ("inline", "flat"):
+        raise BadRequestData(f"join must be inline, flat or @none: {mode!r}")
+    return JoinRequest(mode="inline" if mode == "inline" else "flat", level=level)
+
+
+def attribute_names(value: str | None, ctx: CompiledContext) -> frozenset[str] | None:
+    """``attrs`` as expanded IRIs; ``id``, ``type`` and other core members are not attributes."""
     names = split_list(value)
     if names is None:
         return None
-    return frozenset(n if n in ("id", "type", "scope") else ctx.expand(n) for n in names)
+    core = [n for n in names if n in CORE_MEMBERS]
+    if core:
+        raise BadRequestData(f"attrs names attributes, not {', '.join(core)}")
+    return frozenset(ctx.expand(n) for n in names)
 
 
 def entity_query(params: QueryParams, ctx: CompiledContext, *, default_limit: int) -> EntityQuery:
     """Build an ``EntityQuery`` from the query parameters of GET /entities."""
     ids = split_list(params.get("id"))
+    for entity_id in ids or ():
+        check_entity_id(entity_id)
     types = None
     if "type" in params:
         types = parse_type_selector(params["type"]).expand(ctx.expand)
@@ -99,7 +139,7 @@ def entity_query(params: QueryParams, ctx: CompiledContext, *, default_limit: in
     )
     return EntityQuery(
         selectors=(selector,),
-        attrs=_expanded(params.get("attrs"), ctx),
+        attrs=attribute_names(params.get("attrs"), ctx),
         q=q,
         scope_q=scope_q,
         geo=geo,
@@ -107,6 +147,9 @@ def entity_query(params: QueryParams, ctx: CompiledContext, *, default_limit: in
         limit=int_param(params, "limit", default_limit, minimum=0),
         offset=int_param(params, "offset", 0, minimum=0),
         count=bool_param(params, "count"),
+        order_by=parse_order_by(params["orderBy"]).expand(ctx.expand)
+        if "orderBy" in params
+        else None,
     )
 
 
