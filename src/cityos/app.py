@@ -21,6 +21,7 @@ from cityos.api.problems import (
     handle_unexpected_error,
     problem_response,
 )
+from cityos.broker.changes import ObservedStorage
 from cityos.broker.context import ContextResolver
 from cityos.broker.service import ContextBroker
 from cityos.core import errors
@@ -105,8 +106,9 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.storage = store
-    app.state.broker = ContextBroker(store, max_limit=settings.max_page_limit)
+    observed = ObservedStorage(store)
+    app.state.storage = observed
+    app.state.broker = ContextBroker(observed, max_limit=settings.max_page_limit)
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
     app.state.keys = keys

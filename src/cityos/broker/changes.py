@@ -1,0 +1,125 @@
+"""Entity changes as events: a ``Storage`` wrapper that reports every committed write.
+
+Subscriptions, the live event stream and domain rules listen here instead of being
+called from each write operation. Listeners run after the commit (never for a
+rolled-back write), get the entity before and after, and must be quick: they only
+enqueue work. A listener that raises is logged and never fails the write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cityos.broker.model import StoredEntity
+from cityos.storage.base import AttributeUsage, EntityScan, Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EntityChange:
+    """One committed write: ``before`` is ``None`` for a creation, ``after`` for a deletion."""
+
+    tenant: str
+    entity_id: str
+    before: StoredEntity | None
+    after: StoredEntity | None
+
+
+ChangeListener = Callable[[list[EntityChange]], None]
+
+
+class ObservedStorage:
+    """A ``Storage`` that forwards everything to ``inner`` and reports committed writes.
+
+    With no listener registered it adds no work to the write path; with listeners, an
+    update or delete reads the previous document first.
+    """
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.listeners: list[ChangeListener] = []
+        self._pending: list[EntityChange] = []
+        self._depth = 0
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Register a callback for committed changes."""
+        self.listeners.append(listener)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            with self.inner.transaction():
+                yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._pending.clear()
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._flush()
+
+    def _record(self, change: EntityChange) -> None:
+        self._pending.append(change)
+        if self._depth == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        changes, self._pending = self._pending, []
+        if not changes:
+            return
+        for listener in self.listeners:
+            try:
+                listener(changes)
+            except Exception:
+                log.exception("Change listener %r failed", listener)
+
+    def insert(self, tenant: str, entity: StoredEntity) -> None:
+        self.inner.insert(tenant, entity)
+        if self.listeners:
+            self._record(EntityChange(tenant, entity["id"], None, entity))
+
+    def update(self, tenant: str, entity: StoredEntity) -> None:
+        before = self.inner.get(tenant, entity["id"]) if self.listeners else None
+        self.inner.update(tenant, entity)
+        if self.listeners:
+            self._record(EntityChange(tenant, entity["id"], before, entity))
+
+    def delete(self, tenant: str, entity_id: str) -> bool:
+        before = self.inner.get(tenant, entity_id) if self.listeners else None
+        deleted = self.inner.delete(tenant, entity_id)
+        if deleted and self.listeners:
+            self._record(EntityChange(tenant, entity_id, before, None))
+        return deleted
+
+    def get(self, tenant: str, entity_id: str) -> StoredEntity | None:
+        return self.inner.get(tenant, entity_id)
+
+    def get_many(self, tenant: str, entity_ids: list[str]) -> dict[str, StoredEntity]:
+        return self.inner.get_many(tenant, entity_ids)
+
+    def scan(self, tenant: str, scan: EntityScan) -> Iterator[tuple[int, StoredEntity]]:
+        return self.inner.scan(tenant, scan)
+
+    def count_all(self, tenant: str) -> int:
+        return self.inner.count_all(tenant)
+
+    def attribute_usage(self, tenant: str) -> list[AttributeUsage]:
+        return self.inner.attribute_usage(tenant)
+
+    def type_counts(self, tenant: str) -> dict[str, int]:
+        return self.inner.type_counts(tenant)
+
+    def tenant_exists(self, tenant: str) -> bool:
+        return self.inner.tenant_exists(tenant)
+
+    def list_tenants(self) -> list[str]:
+        return self.inner.list_tenants()
+
+    def close(self) -> None:
+        self.inner.close()
