@@ -22,11 +22,13 @@ from cityos.api.problems import (
     problem_response,
 )
 from cityos.broker.changes import ObservedStorage
-from cityos.broker.context import ContextResolver
+from cityos.broker.context import ContextResolver, core_context_body
+from cityos.broker.context_store import PersistentContextStore
 from cityos.broker.service import ContextBroker
 from cityos.core import errors
 from cityos.settings import Settings
 from cityos.storage.base import Storage
+from cityos.storage.documents import SqliteDocumentTable
 from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.sqlite import SqliteStorage
 
@@ -83,7 +85,10 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     settings = settings or Settings()
     store = storage or open_storage(settings)
     keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
-    resolver = ContextResolver(settings)
+    contexts_table = SqliteDocumentTable(settings.sqlite_path, "jsonld_contexts")
+    resolver = ContextResolver(
+        settings, store=PersistentContextStore(core_context_body(), contexts_table)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +102,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         yield
         store.close()
         keys.close()
+        contexts_table.close()
 
     app = FastAPI(
         redirect_slashes=False,

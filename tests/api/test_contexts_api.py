@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -22,7 +23,7 @@ from cityos.api.ngsild.contexts import router
 from cityos.broker.context import ContextResolver
 from cityos.core.errors import CityosError
 from cityos.settings import Settings
-from tests.conftest import ContextServer
+from tests.conftest import ContextServer, start_server
 
 MINIMAL = {
     "@context": {
@@ -357,3 +358,23 @@ def test_implicitly_created_context(broker: Broker, context_server: ContextServe
     assert broker.client.get(f"{broker.api}/{local_id}").status_code == 404
     # A new use makes a fresh copy rather than pointing at the deleted one.
     assert broker.use(value)["link"] != link
+
+
+def test_hosted_context_survives_a_restart(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, auth="off")
+    first = start_server(settings)
+    try:
+        created = httpx.post(
+            first.base_url + "/ngsi-ld/v1/jsonldContexts",
+            json={"@context": {"gauge": "https://example.org/toyama#gauge"}},
+        )
+    finally:
+        first.stop()
+    assert created.status_code == 201
+    second = start_server(settings)
+    try:
+        served = httpx.get(second.base_url + created.headers["Location"])
+    finally:
+        second.stop()
+    assert served.status_code == 200
+    assert served.json() == {"@context": {"gauge": "https://example.org/toyama#gauge"}}

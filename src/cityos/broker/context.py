@@ -685,6 +685,7 @@ class ContextResolver:
             entry.body = core_context_body()
         else:
             entry.body = await self._retrieve(entry.url)
+            self.store.add(entry)
         self.invalidate(entry.local_id)
 
     def invalidate(self, local_id: str) -> None:

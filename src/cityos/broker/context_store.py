@@ -23,12 +23,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote
 
 from cityos.core.timeutil import format_datetime
+from cityos.storage.documents import DocumentTable
 
 ContextKind = Literal["Hosted", "Cached", "ImplicitlyCreated"]
 CONTEXT_KINDS: frozenset[str] = frozenset({"Hosted", "Cached", "ImplicitlyCreated"})
@@ -192,3 +193,33 @@ class InMemoryContextStore:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+
+class PersistentContextStore(InMemoryContextStore):
+    """An ``InMemoryContextStore`` that writes through to a ``DocumentTable``.
+
+    Hosted, implicitly created and cached contexts survive a restart, so URLs the broker
+    handed out keep working and cached remote contexts stay available offline. Reads stay
+    dict lookups; hit counters are kept in memory only (they change on every request).
+    """
+
+    def __init__(self, core_body: Any, table: DocumentTable) -> None:
+        """Load every stored context from ``table`` after the core context."""
+        self._table: DocumentTable | None = None
+        super().__init__(core_body)
+        for document in table.load_all():
+            super().add(StoredContext(**document))
+        self._table = table
+
+    def add(self, entry: StoredContext) -> None:
+        """Insert or replace ``entry`` and persist it (the core context is never stored)."""
+        super().add(entry)
+        if self._table is not None and entry.local_id != CORE_CONTEXT_ID:
+            self._table.put(entry.local_id, asdict(entry))
+
+    def remove(self, local_id: str) -> StoredContext | None:
+        """Remove ``local_id`` from memory and from the table."""
+        entry = super().remove(local_id)
+        if entry is not None and self._table is not None:
+            self._table.delete(local_id)
+        return entry
