@@ -283,3 +283,19 @@ def test_history_rolls_back_with_the_transaction(storage: TemporalStorage) -> No
         )
         storage.insert(DEFAULT_TENANT, entity("urn:h"))
     assert values(storage, HistoryScan()) == []
+
+
+def test_same_observation_replaces_its_history_row(storage: TemporalStorage) -> None:
+    storage.append_history(
+        DEFAULT_TENANT,
+        "urn:h",
+        [T],
+        [
+            (TEMP, observed(1, "2026-01-01T00:01:00Z")),
+            (TEMP, observed(5, "2026-01-01T00:01:00Z", "urn:ds:a")),
+        ],
+    )
+    storage.append_history(
+        DEFAULT_TENANT, "urn:h", [T], [(TEMP, observed(2, "2026-01-01T00:01:00Z"))]
+    )
+    assert sorted(values(storage, HistoryScan())) == [2, 5]

@@ -14,7 +14,11 @@ Temporal history: every ``insert``/``update``/``delete`` also appends, in the sa
 transaction, one history row per attribute instance that is new or changed
 (:func:`changed_instances`), and a deletion marker per instance that went away. History
 rows of an entity outlive the entity (core delete keeps them; temporal delete removes
-them, see :meth:`Storage.delete_history`).
+them, see :meth:`TemporalStorage.delete_history`).
+
+An observation is identified by (entity, attribute, datasetId, ``observedAt``): a new
+row with the same ``observedAt`` *replaces* the old one instead of adding a duplicate,
+so re-sent measurements and corrected values do not double in the history.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cityos.broker.model import AttributeInstance, StoredEntity
+from cityos.broker.model import VALUE_KEY_BY_KIND, AttributeInstance, StoredEntity
 from cityos.core.geo import bbox as geometry_bbox
 from cityos.core.timeutil import datetime_ms
 
@@ -132,7 +136,12 @@ def instance_time_ms(instance: AttributeInstance) -> int:
 
 def deletion_marker(instance: AttributeInstance, now: str) -> AttributeInstance:
     """The history row that records the deletion of ``instance`` at ``now``."""
-    marker: AttributeInstance = {"type": instance.get("type", "Property"), "value": NULL}
+    kind = instance.get("type", "Property")
+    key = VALUE_KEY_BY_KIND.get(kind, "value")
+    marker: AttributeInstance = {
+        "type": kind,
+        key: {"@none": NULL} if key == "languageMap" else NULL,
+    }
     if "datasetId" in instance:
         marker["datasetId"] = instance["datasetId"]
     marker["deletedAt"] = now

@@ -142,6 +142,18 @@ class MemoryStorage:
         for attr_iri, instance in rows:
             instance_id = f"{INSTANCE_ID_PREFIX}{self._next_seq}"
             self._next_seq += 1
+            time_ms = instance_time_ms(instance)
+            if "observedAt" in instance:
+                found.rows = [
+                    row
+                    for row in found.rows
+                    if not (
+                        row.attr_iri == attr_iri
+                        and row.time_ms == time_ms
+                        and row.instance.get("datasetId") == instance.get("datasetId")
+                        and "deletedAt" not in row.instance
+                    )
+                ]
             found.rows.append(
                 HistoryRow(
                     attr_iri, instance_time_ms(instance), instance_id, copy.deepcopy(instance)

@@ -441,25 +441,36 @@ class SqliteStorage:
         return aid
 
     def _insert_rows(self, tpk: int, rows: list[tuple[str, AttributeInstance]]) -> list[str]:
-        values = []
         ids = []
         for attr_iri, instance in rows:
             seq = self._next_seq
             self._next_seq += 1
-            values.append(
-                (
-                    tpk,
-                    self._attr_id(attr_iri),
-                    instance_time_ms(instance),
-                    seq,
-                    orjson.dumps(instance),
-                )
+            aid = self._attr_id(attr_iri)
+            time_ms = instance_time_ms(instance)
+            if "observedAt" in instance:
+                self._delete_same_observation(tpk, aid, time_ms, instance.get("datasetId"))
+            # Inserted one by one: a later row of the same batch may replace an earlier one.
+            self._db.execute(
+                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc) VALUES (?, ?, ?, ?, ?)",
+                (tpk, aid, time_ms, seq, orjson.dumps(instance)),
             )
             ids.append(f"{INSTANCE_ID_PREFIX}{seq}")
-        self._db.executemany(
-            "INSERT INTO temporal (tpk, aid, time_ms, seq, doc) VALUES (?, ?, ?, ?, ?)", values
-        )
         return ids
+
+    def _delete_same_observation(
+        self, tpk: int, aid: int, time_ms: int, dataset_id: str | None
+    ) -> None:
+        """Drop the row this observation replaces: one seek on the primary key."""
+        for seq, doc in self._db.execute(
+            "SELECT seq, doc FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ?",
+            (tpk, aid, time_ms),
+        ).fetchall():
+            old = orjson.loads(doc)
+            if old.get("datasetId") == dataset_id and "deletedAt" not in old:
+                self._db.execute(
+                    "DELETE FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?",
+                    (tpk, aid, time_ms, seq),
+                )
 
     def _entity_attr_ids(self, tpk: int) -> list[int]:
         """The attributes with history, by skipping from one attribute's rows to the next

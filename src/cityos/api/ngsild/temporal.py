@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.api.auth import check_public_read
+from cityos.api.ngsild.batch import query_from_body
 from cityos.api.ngsild.common import (
     check_params,
     context_of,
@@ -28,7 +29,7 @@ from cityos.api.ngsild.common import (
 from cityos.api.ngsild.entities import GEO_PARAMS
 from cityos.api.ngsild.params import bool_param, entity_query, options_of, render_options
 from cityos.broker.context import CompiledContext
-from cityos.broker.entities import check_attribute_name, check_entity_id
+from cityos.broker.entities import check_attribute_name, check_entity_id, is_uri
 from cityos.broker.representation import RenderOptions
 from cityos.broker.temporal import (
     TemporalBroker,
@@ -174,11 +175,60 @@ async def query_temporal_entities(request: Request) -> Response:
     found, total = temporal_of(request).query(
         tenant_of(request), selection, query, _dataset_ids(params)
     )
-    rendered = [_render(item, ctx, options, fmt, query) for item in found]
+    return _query_response(found, total, ctx, options, fmt, query, media_type, params)
+
+
+def _query_response(
+    found: list[TemporalEntityData],
+    total: int | None,
+    ctx: CompiledContext,
+    options: RenderOptions,
+    fmt: TemporalFormat,
+    query: TemporalQuery,
+    media_type: str,
+    params: QueryParams,
+) -> Response:
+    # An entity with no instance selected (by time, attrs or datasetId) is no match.
+    rendered = [_render(item, ctx, options, fmt, query) for item in found if item.rows]
     if options.pick is not None or options.omit is not None:
         rendered = [r for r in rendered if r]
     headers = {"NGSILD-Results-Count": str(total)} if total is not None else None
     return ngsi_response(rendered, ctx, media_type, headers=headers)
+
+
+@router.post("/temporal/entityOperations/query")
+async def query_temporal_entities_post(request: Request) -> Response:
+    """Query the temporal evolution of entities with a Query object (§6.24 for temporal):
+    ``entities``, ``attrs``, ``q``, ``geoQ`` and ``temporalQ`` in the body."""
+    check_params(request, frozenset({"limit", "offset", "count", "options", "format", "local"}))
+    media_type = negotiate(request)
+    body = await read_body(request)
+    ctx = await context_of(request, body)
+    data = strip_context(body.data)
+    if not isinstance(data, dict) or data.get("type") != "Query":
+        raise BadRequestData("The body must be a Query object with type 'Query'")
+    temporal_q = data.get("temporalQ") or {}
+    if not isinstance(temporal_q, dict):
+        raise BadRequestData("temporalQ must be an object")
+    items = [(k, v) for k, v in request.query_params.multi_items()]
+    for key in ("timerel", "timeAt", "endTimeAt", "timeproperty", "lastN"):
+        if key in temporal_q:
+            items.append((key, str(temporal_q[key])))
+    for key in ("aggrMethods", "aggrPeriodDuration"):
+        if key in data:
+            value = data[key]
+            items.append((key, ",".join(value) if isinstance(value, list) else str(value)))
+    if isinstance(data.get("attrs"), list):
+        items.append(("attrs", ",".join(str(a) for a in data["attrs"])))
+    params = QueryParams(items)
+    selection = query_from_body(data, ctx, request)
+    fmt = _temporal_format(params)
+    query = _temporal_query(params)
+    options = _render_options(params, ctx)
+    found, total = temporal_of(request).query(
+        tenant_of(request), selection, query, _dataset_ids(params)
+    )
+    return _query_response(found, total, ctx, options, fmt, query, media_type, params)
 
 
 @router.get("/temporal/entities/{entity_id:path}")
@@ -202,6 +252,20 @@ async def retrieve_temporal_entity(request: Request, entity_id: str) -> Response
     return ngsi_response(rendered, ctx, media_type)
 
 
+@router.delete("/temporal/entities/{entity_id:path}/attrs//{instance_id:path}")
+@router.patch("/temporal/entities/{entity_id:path}/attrs//{instance_id:path}")
+async def instance_attribute_missing(
+    request: Request, entity_id: str, instance_id: str
+) -> Response:
+    """An instance path with an empty attribute name is bad request data."""
+    raise BadRequestData("The attribute name is missing from the path")
+
+
+def _check_instance_id(instance_id: str) -> None:
+    if not is_uri(instance_id):
+        raise BadRequestData(f"instanceId must be a URI: {instance_id!r}")
+
+
 @router.delete("/temporal/entities/{entity_id:path}/attrs/{attr_name}/{instance_id:path}")
 async def delete_attribute_instance(
     request: Request, entity_id: str, attr_name: str, instance_id: str
@@ -210,6 +274,7 @@ async def delete_attribute_instance(
     check_params(request, frozenset({"local"}))
     check_entity_id(entity_id)
     check_attribute_name(attr_name)
+    _check_instance_id(instance_id)
     ctx = await context_of(request)
     temporal_of(request).delete_instance(
         tenant_of(request), entity_id, ctx.expand(attr_name), instance_id
@@ -224,7 +289,9 @@ async def modify_attribute_instance(
     """Modify one instance of an attribute's history (§6.22.3.1)."""
     check_params(request, frozenset({"local"}))
     check_entity_id(entity_id)
-    body = await read_body(request)
+    check_attribute_name(attr_name)
+    _check_instance_id(instance_id)
+    body = await read_body(request, allow_merge_patch=True)
     ctx = await context_of(request, body)
     temporal_of(request).modify_instance(
         tenant_of(request), entity_id, attr_name, instance_id, strip_context(body.data), ctx.expand
