@@ -195,11 +195,47 @@ def parse_aggregation(methods: str | None, duration: str | None) -> Aggregation:
 # -- selecting instances --------------------------------------------------------------
 
 
-def history_scan(query: TemporalQuery, attrs: frozenset[str] | None) -> HistoryScan:
-    """The storage scan for a query: time range and lastN go to storage for observedAt."""
+def history_scan(
+    query: TemporalQuery, attrs: frozenset[str] | None, *, with_last_n: bool = True
+) -> HistoryScan:
+    """The storage scan for a query: the time range (and lastN) go to storage for
+    observedAt, so a range or "last N" read touches only those rows."""
     if query.timeproperty != "observedAt":
         return HistoryScan(attrs=attrs)
-    return HistoryScan(attrs=attrs, start_ms=query.start_ms, end_ms=query.end_ms, last_n=None)
+    last_n = query.last_n if with_last_n else None
+    return HistoryScan(attrs=attrs, start_ms=query.start_ms, end_ms=query.end_ms, last_n=last_n)
+
+
+def read_history(
+    history: TemporalStorage,
+    tenant: str,
+    entity_id: str,
+    attrs: frozenset[str] | None,
+    query: TemporalQuery,
+    dataset_ids: frozenset[str] | None,
+) -> tuple[list[HistoryRow], list[HistoryRow]]:
+    """(rows read, rows selected) for one entity.
+
+    ``lastN`` is pushed down to storage; only when filtering (deletion markers, other
+    datasetIds) leaves an attribute short of N while storage had N to give is the range
+    read again in full, so the common case reads N rows per attribute.
+    """
+    rows = history.history(tenant, entity_id, history_scan(query, attrs))
+    selected = select_rows(rows, query, dataset_ids)
+    if query.last_n is not None and query.timeproperty == "observedAt":
+        read = _count_by_attr(rows)
+        kept = _count_by_attr(selected)
+        if any(n >= query.last_n and kept.get(a, 0) < query.last_n for a, n in read.items()):
+            rows = history.history(tenant, entity_id, history_scan(query, attrs, with_last_n=False))
+            selected = select_rows(rows, query, dataset_ids)
+    return rows, selected
+
+
+def _count_by_attr(rows: list[HistoryRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.attr_iri] = counts.get(row.attr_iri, 0) + 1
+    return counts
 
 
 def select_rows(
@@ -370,13 +406,21 @@ def _aggregated(
                 instance_value(row.instance)
             )
         item: dict[str, Any] = {"type": group[-1].instance.get("type", "Property")}
+        indexes = sorted(buckets)
+        # Period bounds are formatted once per period, not once per method.
+        bounds = {
+            index: (
+                format_time(origin + index * period),
+                format_time(origin + (index + 1) * period),
+            )
+            for index in indexes
+        }
         for method in aggregation.methods:
             series = []
-            for index in sorted(buckets):
+            for index in indexes:
                 result = aggregate(method, buckets[index])
                 if result is not None:
-                    start = origin + index * period
-                    series.append([result, format_time(start), format_time(start + period)])
+                    series.append([result, *bounds[index]])
             item[method] = series
         if "datasetId" in group[0].instance:
             item["datasetId"] = group[0].instance["datasetId"]
@@ -588,10 +632,10 @@ class TemporalBroker:
         types = self.history.temporal_types(tenant, entity_id)
         if types is None:
             raise ResourceNotFound(f"Temporal entity {entity_id} not found")
-        rows = self.history.history(tenant, entity_id, history_scan(query, attrs))
+        rows, selected = read_history(self.history, tenant, entity_id, attrs, query, dataset_ids)
         if attrs is not None and not rows:
             raise ResourceNotFound(f"Entity {entity_id} has no history of the attributes asked")
-        return TemporalEntityData(entity_id, types, select_rows(rows, query, dataset_ids))
+        return TemporalEntityData(entity_id, types, selected)
 
     def query(
         self,
@@ -605,14 +649,10 @@ class TemporalBroker:
         result = self.broker.query_entities(tenant, entity_query)
         found = []
         for entity in result.entities:
-            rows = self.history.history(
-                tenant, entity["id"], history_scan(query, entity_query.attrs)
+            _, selected = read_history(
+                self.history, tenant, entity["id"], entity_query.attrs, query, dataset_ids
             )
-            found.append(
-                TemporalEntityData(
-                    entity["id"], entity["type"], select_rows(rows, query, dataset_ids)
-                )
-            )
+            found.append(TemporalEntityData(entity["id"], entity["type"], selected))
         return found, result.total
 
     # -- retention --

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time as time_module
 from datetime import UTC, date, datetime, time, timedelta
 
 from cityos.core.errors import BadRequestData
@@ -56,8 +57,12 @@ def datetime_ms(text: str) -> int:
 
 
 def format_ms(time_ms: int) -> str:
-    """Format Unix milliseconds with :func:`format_datetime`."""
-    return format_datetime(datetime.fromtimestamp(time_ms / 1000, UTC))
+    """Format Unix milliseconds like :func:`format_datetime` (without a datetime object:
+    temporal aggregation formats thousands of period bounds per response)."""
+    seconds, millis = divmod(time_ms, 1000)
+    return (
+        time_module.strftime("%Y-%m-%dT%H:%M:%S", time_module.gmtime(seconds)) + f".{millis:03d}Z"
+    )
 
 
 def is_datetime(text: str) -> bool:
