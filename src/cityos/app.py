@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 from cityos import __version__
 from cityos.api.auth import ApiKeyMiddleware
-from cityos.api.ngsild import batch, contexts, discovery, entities
+from cityos.api.ngsild import batch, contexts, discovery, entities, subscriptions
 from cityos.api.ngsild.common import TrailingSlashMiddleware
 from cityos.api.problems import (
     handle_cityos_error,
@@ -23,12 +23,16 @@ from cityos.api.problems import (
 )
 from cityos.broker.changes import ObservedStorage
 from cityos.broker.context import ContextResolver
+from cityos.broker.notifier import Notifier
 from cityos.broker.service import ContextBroker
+from cityos.broker.subscription_service import SubscriptionService
+from cityos.broker.subscriptions import SubscriptionRegistry
 from cityos.core import errors
 from cityos.settings import Settings
 from cityos.storage.base import Storage
 from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.subscriptions import SqliteSubscriptionStore
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,8 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         core = await resolver.resolve(None)
+        await subscription_service.load(resolver.resolve)
+        await notifier.start()
         app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
         if settings.auth == "off":
             log.warning(
@@ -95,6 +101,8 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
                 "Use this only for local development."
             )
         yield
+        await notifier.stop()
+        subscription_store.close()
         store.close()
         keys.close()
 
@@ -109,6 +117,14 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     observed = ObservedStorage(store)
     app.state.storage = observed
     app.state.broker = ContextBroker(observed, max_limit=settings.max_page_limit)
+    subscription_store = SqliteSubscriptionStore(
+        settings.sqlite_path.with_name("subscriptions.sqlite3")
+    )
+    registry = SubscriptionRegistry()
+    notifier = Notifier(subscription_store, registry, app.state.broker)
+    subscription_service = SubscriptionService(subscription_store, registry, notifier)
+    observed.add_listener(notifier.on_changes)
+    app.state.subscriptions = subscription_service
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
     app.state.keys = keys
@@ -123,7 +139,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         """200 ``{"status": "ok"}`` once the server is ready."""
         return JSONResponse({"status": "ok"})
 
-    for module in (entities, batch, discovery, contexts):
+    for module in (entities, batch, discovery, contexts, subscriptions):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)
