@@ -385,3 +385,26 @@ def test_notification_is_published_to_mqtt(client: httpx.Client, uid: str) -> No
     finally:
         subscriber.loop_stop()
         subscriber.disconnect()
+
+
+def test_entity_deletion_notifies_with_deleted_at(
+    client: httpx.Client, uid: str, receiver: Receiver
+) -> None:
+    client.post("/entities", json=sensor(uid))
+    create(client, subscription(uid, receiver.url, notificationTrigger=["entityDeleted"]))
+    assert client.delete(f"/entities/urn:ngsi-ld:Sensor{uid}:1").status_code == 204
+    _, notification = receiver.next()
+    (entity,) = notification["data"]
+    assert set(entity) == {"id", "type", "deletedAt"}
+
+
+def test_attribute_deletion_notifies_with_null_value(
+    client: httpx.Client, uid: str, receiver: Receiver
+) -> None:
+    entity = sensor(uid) | {"humidity": {"type": "Property", "value": 40}}
+    client.post("/entities", json=entity)
+    create(client, subscription(uid, receiver.url, notificationTrigger=["attributeDeleted"]))
+    path = f"/entities/urn:ngsi-ld:Sensor{uid}:1/attrs/humidity"
+    assert client.delete(path).status_code == 204
+    _, notification = receiver.next()
+    assert notification["data"][0]["humidity"] == {"type": "Property", "value": "urn:ngsi-ld:null"}

@@ -76,9 +76,12 @@ def notification_body(sub: Subscription, data: list[dict[str, Any]]) -> dict[str
         "data": data,
     }
     if sub.rules.endpoint.accept == "application/ld+json":
-        body["@context"] = (
+        # As in a JSON-LD query response, every entity carries the @context too.
+        context = (
             sub.jsonld_context if sub.jsonld_context is not None else sub.notify_ctx.context_value
         )
+        body["@context"] = context
+        body["data"] = [{**entity, "@context": context} for entity in data]
     return body
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from cityos.broker.changes import EntityChange
 from cityos.broker.context import CompiledContext
@@ -419,6 +419,9 @@ def compile_rules(doc: Mapping[str, Any], ctx: CompiledContext, now: datetime) -
         lang=doc.get("lang"),
         dataset_ids=dataset_ids,
     )
+    if q is not None and "%" in q:
+        # Clients write q as they would in a URL (percent-encoded); brokers decode it.
+        q = unquote(q)
     try:
         q_expr = parse_q(q).expand(ctx.expand) if q is not None else None
         scope_expr = parse_scope_q(scope_q) if scope_q is not None else None
@@ -764,7 +767,7 @@ def match_change(
         return None
     if change.after is None:
         if "entityDeleted" in triggers:
-            return Match("entityDeleted", relevant(summary.deleted))
+            return Match("entityDeleted", frozenset())
         deleted = relevant(summary.deleted)
         if "attributeDeleted" in triggers and deleted:
             return Match("attributeDeleted", deleted)
@@ -869,6 +872,11 @@ def render_change(
     if not rendered_list:
         return []
     main = rendered_list[0]
+    if options.sys_attrs and options.format == "keyValues":
+        # The attributes' system members have no place in keyValues; the entity's do.
+        for member in ("createdAt", "modifiedAt"):
+            if member in view:
+                main[member] = view[member]
     if change.after is None:
         main["deletedAt"] = deleted_at
     if options.format != "keyValues":
