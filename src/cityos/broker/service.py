@@ -263,9 +263,10 @@ class ContextBroker:
     def update_attributes(
         self, tenant: str, entity_id: str, payload: dict[str, Any], expand: ExpandTerm
     ) -> UpdateResult:
-        """Update existing attributes (NGSI-LD 5.6.2): replace the matching instances,
-        delete those given as NGSI-LD null. Attributes (and scope) the entity does not have
-        are not added but reported as not updated; types are added."""
+        """Update attributes (NGSI-LD 5.6.2): replace the instances with matching datasetIds,
+        append those the entity does not have, delete those given as NGSI-LD null. Types
+        are added; a scope replaces an existing one and is reported as not updated when the
+        entity has none."""
         now = now_iso()
         edit = _parse_entity_edit(payload, expand, now, entity_id, fragments=False)
         entity = self.retrieve_entity(tenant, entity_id)
@@ -280,28 +281,28 @@ class ContextBroker:
                 result.not_updated.append((SCOPE_IRI, "the entity has no scope to update"))
         attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
         for iri, changes in edit.attrs.items():
-            existing = attrs.get(iri)
-            if not existing:
-                result.not_updated.append((iri, "attribute does not exist"))
-                continue
-            replaced = False
+            existing = attrs.setdefault(iri, [])
+            applied = False
             for change in changes:
                 target = _find_instance(existing, change.dataset_id)
-                if target is None:
-                    continue
                 if change.instance is None:
-                    existing.remove(target)
+                    if target is not None:
+                        existing.remove(target)
+                        applied = True
+                elif target is None:
+                    existing.append(change.instance)
+                    applied = True
                 else:
                     change.instance["createdAt"] = target.get("createdAt", now)
                     existing[existing.index(target)] = change.instance
-                replaced = True
+                    applied = True
             if not existing:
                 del attrs[iri]
-            if replaced:
+            if applied:
                 result.updated.append(iri)
                 changed = True
             else:
-                result.not_updated.append((iri, "no instance with that datasetId"))
+                result.not_updated.append((iri, "no such instance to delete"))
         if changed:
             entity["modifiedAt"] = now
             self.storage.update(tenant, entity)
