@@ -149,7 +149,9 @@ def create_app(
     observed = ObservedStorage(store)
     app.state.storage = observed
     app.state.broker = ContextBroker(observed, max_limit=settings.max_page_limit)
-    app.state.temporal = TemporalBroker(app.state.broker, store)
+    app.state.temporal = TemporalBroker(
+        app.state.broker, store, instance_limit=settings.temporal_instance_limit
+    )
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
     app.state.keys = keys

@@ -49,6 +49,17 @@ class Settings(BaseSettings):
             "everything."
         ),
     )
+    temporal_instance_limit: int = Field(
+        default=10,
+        ge=1,
+        description=(
+            "Temporal pagination (NGSI-LD §6.3.10): the most instances per attribute one "
+            "temporal response returns; more are cut with 206 Partial Content and a "
+            "Content-Range header. The default suits the ETSI conformance suite, which "
+            "expects 20 instances per attribute to be cut and 5 not to be; raise it for "
+            "clients that read long histories in one request."
+        ),
+    )
     retention_interval_s: float = Field(
         default=3600.0, description="How often the retention task deletes expired history."
     )
