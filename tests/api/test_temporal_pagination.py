@@ -1,4 +1,5 @@
-"""Temporal pagination (§6.3.10), scope history and entity paging of temporal queries,
+"""Temporal pagination (§6.3.10), scope history, entity paging of temporal queries and
+instance paths without an attribute name,
 against a real server with the default instance limit (10 per attribute)."""
 
 from __future__ import annotations
@@ -212,3 +213,13 @@ def test_scope_changes_are_history(client: httpx.Client, uid: str) -> None:
         params={"timeproperty": "deletedAt", "options": "temporalValues"},
     ).json()
     assert simplified["scope"]["values"][0][0] == []
+
+
+@pytest.mark.parametrize(("method", "status"), [("PATCH", 405), ("DELETE", 400)])
+def test_an_instance_path_without_attribute_name(
+    client: httpx.Client, twenty: str, method: str, status: int
+) -> None:
+    response = client.request(
+        method, f"/temporal/entities/{twenty}/attrs//urn:ngsi-ld:Instance:1", json={}
+    )
+    assert response.status_code == status

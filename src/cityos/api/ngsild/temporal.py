@@ -42,7 +42,7 @@ from cityos.broker.temporal import (
     parse_temporal_query,
     render_temporal_entity,
 )
-from cityos.core.errors import BadRequestData, InvalidRequest, ResourceNotFound
+from cityos.core.errors import BadRequestData, InvalidRequest, MethodNotAllowed, ResourceNotFound
 
 router = APIRouter()
 
@@ -276,12 +276,21 @@ async def retrieve_temporal_entity(request: Request, entity_id: str) -> Response
 
 
 @router.delete("/temporal/entities/{entity_id:path}/attrs//{instance_id:path}")
-@router.patch("/temporal/entities/{entity_id:path}/attrs//{instance_id:path}")
 async def instance_attribute_missing(
     request: Request, entity_id: str, instance_id: str
 ) -> Response:
     """An instance path with an empty attribute name is bad request data."""
     raise BadRequestData("The attribute name is missing from the path")
+
+
+@router.patch("/temporal/entities/{entity_id:path}/attrs//{instance_id:path}")
+async def instance_patch_attribute_missing(
+    request: Request, entity_id: str, instance_id: str
+) -> Response:
+    """PATCH with an empty attribute name is 405: with the empty segment dropped the path
+    reads as an attribute path (``/attrs/{attrId}``), which takes only DELETE (ETSI
+    016_02_06), whereas DELETE there stays a malformed instance path (400, 017_02_05)."""
+    raise MethodNotAllowed("PATCH needs an attribute name and an instance id after /attrs/")
 
 
 def _check_instance_id(instance_id: str) -> None:
