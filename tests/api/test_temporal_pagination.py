@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from cityos.broker.temporal import aggregate
+
 LIMIT = 10
 """``Settings.temporal_instance_limit`` of the shared server (the default)."""
 
@@ -223,3 +225,39 @@ def test_an_instance_path_without_attribute_name(
         method, f"/temporal/entities/{twenty}/attrs//urn:ngsi-ld:Instance:1", json={}
     )
     assert response.status_code == status
+
+
+METHODS = "totalCount,distinctCount,sum,avg,min,max,stddev,sumsq"
+
+
+@pytest.mark.parametrize("odd", [None, "high"])
+def test_storage_and_broker_aggregation_agree(
+    client: httpx.Client, uid: str, odd: str | None
+) -> None:
+    # Plain numbers are aggregated by storage (SQL); one string sends the same range to
+    # the broker's general code. Both must give the same figures for the numbers.
+    values = [1.0, 2.0, 2.0, 7.0, 3.0]
+    instances: list[dict[str, object]] = [
+        {"type": "Property", "value": v, "observedAt": minute(1, 20 * n)}
+        for n, v in enumerate(values)
+    ]
+    if odd is not None:
+        instances.append({"type": "Property", "value": odd, "observedAt": minute(1, 30)})
+    entity_id = create(client, vehicle(uid, "Vehicle", speed=instances))
+    params = {
+        "attrs": "speed",
+        "options": "aggregatedValues",
+        "aggrMethods": METHODS,
+        "aggrPeriodDuration": "PT1H",
+        "timerel": "between",
+        "timeAt": minute(1, 0),
+        "endTimeAt": minute(1, 120),
+    }
+    body = client.get(f"/temporal/entities/{entity_id}", params=params).json()["speed"]
+    hours: list[list[object]] = [[*values[:3], *([odd] if odd else [])], [*values[3:]]]
+    for method in METHODS.split(","):
+        expected = [
+            [aggregate(method, hour), minute(1, 60 * n), minute(1, 60 * (n + 1))]
+            for n, hour in enumerate(hours)
+        ]
+        assert [[pytest.approx(v), s, e] for v, s, e in body[method]] == expected, method

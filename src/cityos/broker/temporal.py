@@ -57,7 +57,14 @@ from cityos.broker.representation import RenderOptions, render_instance
 from cityos.broker.service import ContextBroker, EntityQuery
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.core.timeutil import datetime_ms, format_ms, now_iso, parse_datetime
-from cityos.storage.base import HistoryRow, HistoryScan, TemporalStorage, instance_time_ms
+from cityos.storage.base import (
+    AggregatedHistory,
+    HistoryBucket,
+    HistoryRow,
+    HistoryScan,
+    TemporalStorage,
+    instance_time_ms,
+)
 
 CompactIri = Callable[[str], str]
 
@@ -322,10 +329,12 @@ def render_temporal_entity(
     fmt: TemporalFormat,
     query: TemporalQuery,
     emptied: tuple[str, ...] = (),
+    aggregated: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One entity's temporal representation (§4.5.7 normalized, §4.5.9 simplified,
     §4.5.19 aggregated); attributes with no selected instance are left out, except the
-    ``emptied`` ones (cut by temporal pagination), which are shown empty."""
+    ``emptied`` ones (cut by temporal pagination), which are shown empty. ``aggregated``
+    items (aggregated by storage) are shown as they are."""
     out: dict[str, Any] = {}
     if _kept("id", options):
         out["id"] = entity_id
@@ -345,6 +354,9 @@ def render_temporal_entity(
             out[name] = _one_or_many(_aggregated(attr_rows, fmt.aggregation, query))
         else:
             out[name] = [_normalized(row, compact, options) for row in attr_rows]
+    for attr_iri, item in (aggregated or {}).items():
+        if _kept(attr_iri, options):
+            out[compact(attr_iri)] = item
     for attr_iri in emptied:
         if _kept(attr_iri, options) and attr_iri not in grouped:
             out[compact(attr_iri)] = (
@@ -443,12 +455,62 @@ def _aggregated(
     return out
 
 
+def aggregated_item(summary: AggregatedHistory, methods: tuple[str, ...]) -> dict[str, Any]:
+    """The aggregated representation of one attribute from storage's period summaries;
+    the same results as :func:`aggregate` on the values (``stddev`` from sums: sample
+    standard deviation, 0 for one value)."""
+    item: dict[str, Any] = {"type": "Property"}
+    bounds = [
+        (
+            format_time(summary.origin_ms + b.index * summary.period_ms),
+            format_time(summary.origin_ms + (b.index + 1) * summary.period_ms),
+        )
+        for b in summary.buckets
+    ]
+    for method in methods:
+        item[method] = [
+            [_bucket_result(method, bucket), *bound]
+            for bucket, bound in zip(summary.buckets, bounds, strict=True)
+        ]
+    return item
+
+
+def _bucket_result(method: str, bucket: HistoryBucket) -> float | int:
+    if method == "totalCount":
+        return bucket.count
+    if method == "distinctCount":
+        assert bucket.distinct is not None
+        return bucket.distinct
+    if method == "sum":
+        return bucket.total
+    if method == "avg":
+        return bucket.total / bucket.count
+    if method == "min":
+        return bucket.minimum
+    if method == "max":
+        return bucket.maximum
+    if method == "sumsq":
+        return bucket.total_sq
+    if bucket.count < 2:
+        return 0.0
+    variance = (bucket.total_sq - bucket.total * bucket.total / bucket.count) / (bucket.count - 1)
+    return math.sqrt(max(variance, 0.0))
+
+
 def aggregate(method: str, values: list[Any]) -> Any:  # Any: JSON value
     """One aggregation method over the values of a period; ``None`` when it does not apply."""
     if method == "totalCount":
         return len(values)
     if method == "distinctCount":
-        return len({orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values})
+        # Numbers count by value (1 and 1.0 are one value), as storage counts them.
+        return len(
+            {
+                float(v)
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                else orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+                for v in values
+            }
+        )
     numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if method in ("min", "max"):
         if numbers:
@@ -482,6 +544,9 @@ class TemporalEntityData:
     types: list[str]
     rows: list[HistoryRow]
     emptied: tuple[str, ...] = ()
+    aggregated: dict[str, dict[str, Any]] | None = None
+    """Aggregated items per attribute IRI, when storage aggregated (then ``rows`` is
+    empty)."""
 
 
 @dataclass(frozen=True)
@@ -714,21 +779,27 @@ class TemporalBroker:
         query: TemporalQuery,
         dataset_ids: frozenset[str] | None,
         *,
-        paginated: bool = True,
+        aggregation: Aggregation | None = None,
     ) -> tuple[TemporalEntityData, TemporalRange | None]:
-        """One entity's selected history (§5.7.3) and, when temporal pagination cut it
-        (only if ``paginated``), the range returned; 404 when the entity has no history,
-        or none of ``attrs``."""
+        """One entity's selected history (§5.7.3) and, when temporal pagination cut it,
+        the range returned; 404 when the entity has no history, or none of ``attrs``.
+        With ``aggregation`` nothing is cut, and storage aggregates when it can."""
         check_entity_id(entity_id)
         self.broker.check_tenant(tenant)
         types = self.history.temporal_types(tenant, entity_id)
         if types is None:
             raise ResourceNotFound(f"Temporal entity {entity_id} not found")
+        if aggregation is not None:
+            items = self._aggregate_in_storage(
+                tenant, entity_id, attrs, query, dataset_ids, aggregation
+            )
+            if items is not None:
+                return TemporalEntityData(entity_id, types, [], aggregated=items), None
         rows, selected = read_history(self.history, tenant, entity_id, attrs, query, dataset_ids)
         if attrs is not None and not rows:
             raise ResourceNotFound(f"Entity {entity_id} has no history of the attributes asked")
         data = TemporalEntityData(entity_id, types, selected)
-        cut = paginate([data], query, self.instance_limit) if paginated else None
+        cut = paginate([data], query, self.instance_limit) if aggregation is None else None
         return data, cut
 
     def query(
@@ -738,12 +809,12 @@ class TemporalBroker:
         query: TemporalQuery,
         dataset_ids: frozenset[str] | None,
         *,
-        paginated: bool = True,
+        aggregation: Aggregation | None = None,
     ) -> TemporalPage:
         """Entities matching ``entity_query`` (on their current state) that have an
         instance selected by ``query``, with that history (§5.7.4): one page of them, the
         total when counted, and the range when temporal pagination cut the instances
-        (only if ``paginated``).
+        (never with ``aggregation``).
 
         Entities without a selected instance are no match, so they are dropped *before*
         ``offset``/``limit`` apply: a page is short only at the end of the results.
@@ -752,18 +823,62 @@ class TemporalBroker:
         total = 0
         wanted = entity_query.offset + entity_query.limit
         for entity in self.broker.matching_entities(tenant, entity_query):
-            _, selected = read_history(
-                self.history, tenant, entity["id"], entity_query.attrs, query, dataset_ids
-            )
-            if not selected:
-                continue
+            data = None
+            if aggregation is not None:
+                items = self._aggregate_in_storage(
+                    tenant, entity["id"], entity_query.attrs, query, dataset_ids, aggregation
+                )
+                if items is not None:
+                    data = TemporalEntityData(entity["id"], entity["type"], [], aggregated=items)
+            if data is None:
+                _, selected = read_history(
+                    self.history, tenant, entity["id"], entity_query.attrs, query, dataset_ids
+                )
+                if not selected:
+                    continue
+                data = TemporalEntityData(entity["id"], entity["type"], selected)
             if entity_query.offset <= total < wanted:
-                found.append(TemporalEntityData(entity["id"], entity["type"], selected))
+                found.append(data)
             total += 1
             if total >= wanted and not entity_query.count:
                 break
-        cut = paginate(found, query, self.instance_limit) if paginated else None
+        cut = paginate(found, query, self.instance_limit) if aggregation is None else None
         return TemporalPage(found, total if entity_query.count else None, cut)
+
+    def _aggregate_in_storage(
+        self,
+        tenant: str,
+        entity_id: str,
+        attrs: frozenset[str] | None,
+        query: TemporalQuery,
+        dataset_ids: frozenset[str] | None,
+        aggregation: Aggregation,
+    ) -> dict[str, dict[str, Any]] | None:
+        """Aggregated items per attribute computed by storage, or ``None`` when the query
+        needs the general path: other time properties, ``lastN``, datasetIds, attributes
+        not named (their list would need a read), or rows that are not plain numbers."""
+        if (
+            query.timeproperty != "observedAt"
+            or query.last_n is not None
+            or dataset_ids is not None
+            or attrs is None
+        ):
+            return None
+        items: dict[str, dict[str, Any]] = {}
+        for attr_iri in sorted(attrs):
+            summary = self.history.aggregate_history(
+                tenant,
+                entity_id,
+                attr_iri,
+                query.start_ms,
+                query.end_ms,
+                aggregation.period_ms,
+                distinct="distinctCount" in aggregation.methods,
+            )
+            if summary is None:
+                return None
+            items[attr_iri] = aggregated_item(summary, aggregation.methods)
+        return items
 
     # -- retention --
 

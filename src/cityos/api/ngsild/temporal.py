@@ -136,13 +136,16 @@ def _render(
     query: TemporalQuery,
 ) -> dict[str, Any]:
     return render_temporal_entity(
-        data.entity_id, data.types, data.rows, ctx.compact, options, fmt, query, data.emptied
+        data.entity_id,
+        data.types,
+        data.rows,
+        ctx.compact,
+        options,
+        fmt,
+        query,
+        data.emptied,
+        data.aggregated,
     )
-
-
-def _paginated(fmt: TemporalFormat) -> bool:
-    # Aggregated values summarise the whole range; cutting instances would change them.
-    return fmt.name != "aggregatedValues"
 
 
 def _cut_response(
@@ -194,7 +197,7 @@ async def query_temporal_entities(request: Request) -> Response:
     selector_types = selection.selectors[0].types if selection.selectors else None
     check_public_read(request, selector_types.type_names() if selector_types else ())
     page = temporal_of(request).query(
-        tenant_of(request), selection, query, _dataset_ids(params), paginated=_paginated(fmt)
+        tenant_of(request), selection, query, _dataset_ids(params), aggregation=fmt.aggregation
     )
     return _query_response(page, ctx, options, fmt, query, media_type)
 
@@ -244,7 +247,7 @@ async def query_temporal_entities_post(request: Request) -> Response:
     query = _temporal_query(params)
     options = _render_options(params, ctx)
     page = temporal_of(request).query(
-        tenant_of(request), selection, query, _dataset_ids(params), paginated=_paginated(fmt)
+        tenant_of(request), selection, query, _dataset_ids(params), aggregation=fmt.aggregation
     )
     return _query_response(page, ctx, options, fmt, query, media_type)
 
@@ -266,7 +269,7 @@ async def retrieve_temporal_entity(request: Request, entity_id: str) -> Response
         options.attrs,
         query,
         _dataset_ids(params),
-        paginated=_paginated(fmt),
+        aggregation=fmt.aggregation,
     )
     check_public_read(request, data.types, any_public=True)
     rendered = _render(data, ctx, options, fmt, query)
