@@ -248,7 +248,13 @@ def main() -> None:
         seed_s = time.perf_counter() - began
         console.print(f"seeded in {seed_s:.1f} s ({gauges * per_gauge / seed_s:,.0f} rows/s)")
         baseline = sql_baseline(path, gauges, months, 500)
-        env = {**os.environ, "CITYOS_AUTH": "off", "PYTHONPATH": str(HERE.parent / "src")}
+        env = {
+            **os.environ,
+            "CITYOS_AUTH": "off",
+            "PYTHONPATH": str(HERE.parent / "src"),
+            # lastN=144 must come back whole, as before temporal pagination existed.
+            "CITYOS_TEMPORAL_INSTANCE_LIMIT": "1000",
+        }
         cityos = str(Path(sys.executable).parent / "cityos")
         cmd = [cityos, "serve", "--port", str(PORT), "--data-dir", str(data_dir)]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

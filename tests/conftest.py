@@ -71,7 +71,9 @@ def start_server(settings: Settings) -> RunningServer:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server with auth off, shared by the API tests (they use unique ids)."""
     data_dir: Path = tmp_path_factory.mktemp("cityos-data")
-    running = start_server(Settings(data_dir=data_dir, auth="off", max_body_bytes=200_000))
+    running = start_server(
+        Settings(data_dir=data_dir, auth="off", max_body_bytes=200_000, temporal_instance_limit=10)
+    )
     yield running
     running.stop()
 

@@ -157,7 +157,9 @@ def create_app(
     observed = ObservedStorage(store)
     app.state.storage = observed
     app.state.broker = ContextBroker(observed, max_limit=settings.max_page_limit)
-    app.state.temporal = TemporalBroker(app.state.broker, store)
+    app.state.temporal = TemporalBroker(
+        app.state.broker, store, instance_limit=settings.temporal_instance_limit
+    )
     subscription_store = SqliteSubscriptionStore(
         settings.sqlite_path.with_name("subscriptions.sqlite3")
     )

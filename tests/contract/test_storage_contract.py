@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,77 @@ def test_same_observation_replaces_its_history_row(storage: TemporalStorage) -> 
         DEFAULT_TENANT, "urn:h", [T], [(TEMP, observed(2, "2026-01-01T00:01:00Z"))]
     )
     assert sorted(values(storage, HistoryScan())) == [2, 5]
+
+
+def test_aggregate_history_summarises_numeric_rows_per_period(storage: TemporalStorage) -> None:
+    # Minutes 0..5, values 0,1,2,3,4,4; periods of 2 minutes from minute 0.
+    rows = [(TEMP, observed(n if n < 5 else 4, f"2026-01-01T00:0{n}:00Z")) for n in range(6)]
+    storage.append_history(DEFAULT_TENANT, "urn:h", [T], rows)
+    start = 1767225600000  # 2026-01-01T00:00:00Z
+    summary = storage.aggregate_history(
+        DEFAULT_TENANT, "urn:h", TEMP, start, None, 120_000, distinct=True
+    )
+    assert summary is not None
+    assert (summary.origin_ms, summary.period_ms) == (start, 120_000)
+    assert [
+        (b.index, b.count, b.total, b.total_sq, b.minimum, b.maximum, b.distinct)
+        for b in summary.buckets
+    ] == [
+        (0, 2, 1.0, 1.0, 0.0, 1.0, 2),
+        (1, 2, 5.0, 13.0, 2.0, 3.0, 2),
+        (2, 2, 8.0, 32.0, 4.0, 4.0, 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"type": "Property", "value": "high"},
+        {"type": "Property", "value": 2.0, "datasetId": "urn:ds"},
+        {"type": "Property", "value": True},
+    ],
+)
+def test_aggregate_history_declines_ranges_with_other_rows(
+    storage: TemporalStorage, odd: dict[str, Any]
+) -> None:
+    rows = [(TEMP, observed(1.0, "2026-01-01T00:00:00Z"))]
+    rows.append((TEMP, {**odd, "observedAt": "2026-01-01T00:01:00Z"}))
+    storage.append_history(DEFAULT_TENANT, "urn:h", [T], rows)
+    assert (
+        storage.aggregate_history(DEFAULT_TENANT, "urn:h", TEMP, None, None, None, distinct=False)
+        is None
+    )
+
+
+def test_aggregate_history_of_an_empty_range_is_none(storage: TemporalStorage) -> None:
+    storage.append_history(
+        DEFAULT_TENANT, "urn:h", [T], [(TEMP, observed(1.0, "2026-01-01T00:00:00Z"))]
+    )
+    assert (
+        storage.aggregate_history(DEFAULT_TENANT, "urn:h", TEMP, 0, 1000, None, distinct=False)
+        is None
+    )
+
+
+def test_a_schema_1_file_gains_numeric_values(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    SqliteStorage(path).close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TABLE temporal; CREATE TABLE temporal (tpk INTEGER NOT NULL, aid INTEGER NOT NULL,"
+        " time_ms INTEGER NOT NULL, seq INTEGER NOT NULL, doc BLOB NOT NULL,"
+        " PRIMARY KEY (tpk, aid, time_ms, seq)) WITHOUT ROWID;"
+        " INSERT INTO temporal_entities (tenant, id, types) VALUES ('', 'urn:h', '[]');"
+        " INSERT INTO temporal_attrs (iri) VALUES ('https://example.org/temperature');"
+        ' INSERT INTO temporal VALUES (1, 1, 0, 1, \'{"type":"Property","value":3}\');'
+        " UPDATE schema_version SET version = 1;"
+    )
+    db.commit()
+    db.close()
+    storage = SqliteStorage(path)
+    summary = storage.aggregate_history(
+        DEFAULT_TENANT, "urn:h", TEMP, None, None, None, distinct=False
+    )
+    storage.close()
+    assert summary is not None
+    assert summary.buckets[0].total == 3.0

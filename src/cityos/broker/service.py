@@ -406,12 +406,7 @@ class ContextBroker:
 
     def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         """Entities matching ``query`` in insertion order, one page of it."""
-        if query.limit > self.max_limit:
-            raise TooManyResults(
-                f"limit {query.limit} is over the maximum of {self.max_limit} per page"
-            )
-        if not self.storage.tenant_exists(tenant):
-            raise NonexistentTenant(f"Tenant {tenant!r} does not exist")
+        self._check_query(tenant, query)
         if query.order_by is not None:
             # Ordering needs every match before the first page can be cut.
             matches = list(self._matching(tenant, query))
@@ -430,6 +425,25 @@ class ContextBroker:
             if total >= wanted and not query.count:
                 break
         return QueryResult(page, total if query.count else None)
+
+    def matching_entities(self, tenant: str, query: EntityQuery) -> Iterator[StoredEntity]:
+        """Every entity matching ``query``, in its order (``order_by`` or insertion),
+        ignoring ``limit``/``offset``: for callers that filter further before paging
+        (the temporal API drops entities with no instance in the time range)."""
+        self._check_query(tenant, query)
+        if query.order_by is None:
+            return self._matching(tenant, query)
+        matches = list(self._matching(tenant, query))
+        query.order_by.sort(matches)
+        return iter(matches)
+
+    def _check_query(self, tenant: str, query: EntityQuery) -> None:
+        if query.limit > self.max_limit:
+            raise TooManyResults(
+                f"limit {query.limit} is over the maximum of {self.max_limit} per page"
+            )
+        if not self.storage.tenant_exists(tenant):
+            raise NonexistentTenant(f"Tenant {tenant!r} does not exist")
 
     def _matching(self, tenant: str, query: EntityQuery) -> Iterator[StoredEntity]:
         # The scan may only narrow by a criterion every selector shares; the exact

@@ -16,6 +16,10 @@ Design notes (why, not what):
   triple the table at tens of millions of rows. ``seq`` makes instances unique (and
   is the instance id); finding an instance by id scans its attribute's rows, which
   is acceptable for the rare single-instance edits.
+- ``value_num`` holds the instance's value when it is a plain number
+  (:func:`~cityos.storage.base.numeric_value`), computed at write time, so aggregation
+  runs in SQL (``GROUP BY`` period over the clustered range) without decoding a
+  document; a range holding any other row is aggregated by the broker instead.
 """
 
 from __future__ import annotations
@@ -34,14 +38,18 @@ from cityos.core.timeutil import now_iso
 from cityos.storage.base import (
     DEFAULT_TENANT,
     INSTANCE_ID_PREFIX,
+    AggregatedHistory,
     AttributeUsage,
     EntityScan,
+    HistoryBucket,
     HistoryRow,
     HistoryScan,
     IndexRows,
+    aggregation_bounds,
     changed_instances,
     index_rows,
     instance_time_ms,
+    numeric_value,
 )
 
 SCHEMA = """
@@ -72,13 +80,14 @@ CREATE TABLE IF NOT EXISTS temporal_entities (
 CREATE TABLE IF NOT EXISTS temporal_attrs (aid INTEGER PRIMARY KEY, iri TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS temporal (
     tpk INTEGER NOT NULL, aid INTEGER NOT NULL, time_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
-    doc BLOB NOT NULL,
+    doc BLOB NOT NULL, value_num REAL,
     PRIMARY KEY (tpk, aid, time_ms, seq)
 ) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS geo_rtree USING rtree (gid, min_x, max_x, min_y, max_y);
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``temporal.value_num``. Version 1 files are migrated on open."""
 GEO_SLOTS = 256
 """R*Tree ids are ``pk * GEO_SLOTS + slot``: the entity is known from the id alone, which
 keeps box scans on the R*Tree's own index (reading auxiliary columns is ~7x slower)."""
@@ -105,6 +114,8 @@ class SqliteStorage:
         db.executescript(SCHEMA)
         if db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
             db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif db.execute("SELECT max(version) FROM schema_version").fetchone()[0] < 2:
+            _add_value_num(db)
         self._tenants = {row[0] for row in db.execute("SELECT name FROM tenants")}
         self._attr_ids: dict[str, int] = dict(db.execute("SELECT iri, aid FROM temporal_attrs"))
         self._attr_iris = {aid: iri for iri, aid in self._attr_ids.items()}
@@ -451,8 +462,9 @@ class SqliteStorage:
                 self._delete_same_observation(tpk, aid, time_ms, instance.get("datasetId"))
             # Inserted one by one: a later row of the same batch may replace an earlier one.
             self._db.execute(
-                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc) VALUES (?, ?, ?, ?, ?)",
-                (tpk, aid, time_ms, seq, orjson.dumps(instance)),
+                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc, value_num) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (tpk, aid, time_ms, seq, orjson.dumps(instance), numeric_value(instance)),
             )
             ids.append(f"{INSTANCE_ID_PREFIX}{seq}")
         return ids
@@ -518,6 +530,51 @@ class SqliteStorage:
                 for time_ms, seq, doc in rows
             )
         return out
+
+    def aggregate_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        period_ms: int | None,
+        *,
+        distinct: bool,
+    ) -> AggregatedHistory | None:
+        tpk = self._find_tpk(tenant, entity_id)
+        aid = self._attr_ids.get(attr_iri)
+        if tpk is None or aid is None:
+            return None
+        start = start_ms if start_ms is not None else -(2**62)
+        end = end_ms if end_ms is not None else 2**62
+        # min and max are one seek each on the clustered key.
+        first, last = self._db.execute(
+            "SELECT min(time_ms), max(time_ms) FROM temporal "
+            "WHERE tpk = ? AND aid = ? AND time_ms >= ? AND time_ms < ?",
+            (tpk, aid, start, end),
+        ).fetchone()
+        if first is None:
+            return None
+        origin, period = aggregation_bounds((first, last), start_ms, end_ms, period_ms)
+        distinct_sql = "count(DISTINCT value_num)" if distinct else "NULL"
+        rows = self._db.execute(
+            "SELECT (time_ms - ?) / ?, count(*), count(value_num), sum(value_num), "
+            f"sum(value_num * value_num), min(value_num), max(value_num), {distinct_sql} "
+            "FROM temporal WHERE tpk = ? AND aid = ? AND time_ms >= ? AND time_ms < ? "
+            "GROUP BY 1 ORDER BY 1",
+            (origin, period, tpk, aid, start, end),
+        ).fetchall()
+        if any(count != numeric for _, count, numeric, *_ in rows):
+            return None
+        return AggregatedHistory(
+            origin,
+            period,
+            [
+                HistoryBucket(index, count, total, total_sq, low, high, distinct_count)
+                for index, count, _, total, total_sq, low, high, distinct_count in rows
+            ],
+        )
 
     def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:
         row = self._db.execute(
@@ -607,8 +664,16 @@ class SqliteStorage:
                 (tpk, aid, time_ms, seq),
             )
             self._db.execute(
-                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc) VALUES (?, ?, ?, ?, ?)",
-                (tpk, aid, instance_time_ms(instance), seq, orjson.dumps(instance)),
+                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc, value_num) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    tpk,
+                    aid,
+                    instance_time_ms(instance),
+                    seq,
+                    orjson.dumps(instance),
+                    numeric_value(instance),
+                ),
             )
             return True
 
@@ -644,6 +709,24 @@ class SqliteStorage:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _add_value_num(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: add ``temporal.value_num`` and fill it from the documents."""
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("ALTER TABLE temporal ADD COLUMN value_num REAL")
+    db.executemany(
+        "UPDATE temporal SET value_num = ? WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?",
+        [
+            (value, tpk, aid, time_ms, seq)
+            for tpk, aid, time_ms, seq, doc in db.execute(
+                "SELECT tpk, aid, time_ms, seq, doc FROM temporal"
+            )
+            if (value := numeric_value(orjson.loads(doc))) is not None
+        ],
+    )
+    db.execute("UPDATE schema_version SET version = 2")
+    db.execute("COMMIT")
 
 
 def _instance_seq(instance_id: str) -> int | None:
