@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
 from cityos import __version__
+from cityos.api import events
 from cityos.api.auth import ApiKeyMiddleware
 from cityos.api.ngsild import batch, contexts, discovery, entities, subscriptions, temporal
 from cityos.api.ngsild.common import TrailingSlashMiddleware
@@ -26,6 +27,7 @@ from cityos.api.problems import (
 from cityos.broker.changes import ObservedStorage
 from cityos.broker.context import ContextResolver, core_context_body
 from cityos.broker.context_store import PersistentContextStore
+from cityos.broker.event_stream import EventHub
 from cityos.broker.notifier import Notifier
 from cityos.broker.service import ContextBroker
 from cityos.broker.subscription_service import SubscriptionService
@@ -123,6 +125,7 @@ def create_app(
         core = await resolver.resolve(None)
         await subscription_service.load(resolver.resolve)
         await notifier.start()
+        event_hub.bind(asyncio.get_running_loop())
         app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
         retention_task = None
         if settings.retention:
@@ -141,6 +144,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await retention_task
         await notifier.stop()
+        event_hub.close()
         subscription_store.close()
         store.close()
         keys.close()
@@ -167,6 +171,14 @@ def create_app(
     notifier = Notifier(subscription_store, registry, app.state.broker)
     subscription_service = SubscriptionService(subscription_store, registry, notifier)
     observed.add_listener(notifier.on_changes)
+    event_hub = EventHub(
+        buffer_size=settings.events_buffer_size,
+        buffer_age_s=settings.events_buffer_age_s,
+        queue_limit=settings.events_queue_limit,
+        max_streams=settings.events_max_streams,
+    )
+    observed.add_listener(event_hub.on_changes)
+    app.state.events = event_hub
     app.state.subscriptions = subscription_service
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
@@ -184,6 +196,7 @@ def create_app(
 
     for module in (entities, batch, discovery, contexts, subscriptions, temporal):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
+    app.include_router(events.router, tags=["events"])
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(TrailingSlashMiddleware, prefix=NGSI_LD_PREFIX)

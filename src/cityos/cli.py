@@ -38,6 +38,9 @@ def _run(settings: Settings, *, access_log: bool = False) -> None:
         access_log=access_log,
         loop="uvloop",
         http="httptools",
+        # Event streams (GET /events) never finish on their own; without a limit a
+        # graceful shutdown would wait for every browser to go away.
+        timeout_graceful_shutdown=5,
     )
 
 

@@ -62,6 +62,24 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         default=3600.0, description="How often the retention task deletes expired history."
     )
+    events_buffer_size: int = Field(
+        default=10_000, description="Live events kept for Last-Event-ID replay (GET /events)."
+    )
+    events_buffer_age_s: float = Field(
+        default=600.0, description="Live events older than this are not replayed."
+    )
+    events_heartbeat_s: float = Field(
+        default=15.0, description="Idle event streams get a comment this often (proxies)."
+    )
+    events_retry_ms: int = Field(
+        default=3000, description="Reconnection delay the event streams suggest to clients."
+    )
+    events_queue_limit: int = Field(
+        default=1000, description="Events queued per stream before a slow client is dropped."
+    )
+    events_max_streams: int = Field(
+        default=1000, description="Concurrent event streams per process; more get 503."
+    )
 
     @field_validator("public_types", mode="before")
     @classmethod

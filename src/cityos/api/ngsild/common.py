@@ -54,7 +54,11 @@ def broker_of(request: Request) -> ContextBroker:
 
 def tenant_of(request: Request) -> str:
     """The tenant named by the ``NGSILD-Tenant`` header ('' = default tenant)."""
-    tenant = request.headers.get(TENANT_HEADER, "")
+    return check_tenant_name(request.headers.get(TENANT_HEADER, ""))
+
+
+def check_tenant_name(tenant: str) -> str:
+    """``tenant`` if it is a valid tenant name ('' = default tenant); 400 otherwise."""
     if tenant and not re.match(r"^[A-Za-z0-9_\-.:/]{1,256}$", tenant):
         raise BadRequestData(f"Invalid tenant name: {tenant!r}")
     return tenant
