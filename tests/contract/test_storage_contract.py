@@ -374,3 +374,9 @@ def test_a_schema_1_file_gains_numeric_values(tmp_path: Path) -> None:
     storage.close()
     assert summary is not None
     assert summary.buckets[0].total == 3.0
+
+
+def test_update_returns_the_document_it_replaced(storage: Storage) -> None:
+    storage.insert(DEFAULT_TENANT, entity("urn:a", temperature=1.0))
+    previous = storage.update(DEFAULT_TENANT, entity("urn:a", temperature=2.0))
+    assert previous["attrs"][TEMP][0]["value"] == 1.0

@@ -35,8 +35,8 @@ ChangeListener = Callable[[list[EntityChange]], None]
 class ObservedStorage:
     """A ``Storage`` that forwards everything to ``inner`` and reports committed writes.
 
-    With no listener registered it adds no work to the write path; with listeners, an
-    update or delete reads the previous document first.
+    An update costs nothing extra (the backend returns the document it replaced); a
+    delete with listeners reads the previous document first.
     """
 
     def __init__(self, inner: Storage) -> None:
@@ -84,11 +84,11 @@ class ObservedStorage:
         if self.listeners:
             self._record(EntityChange(tenant, entity["id"], None, entity))
 
-    def update(self, tenant: str, entity: StoredEntity) -> None:
-        before = self.inner.get(tenant, entity["id"]) if self.listeners else None
-        self.inner.update(tenant, entity)
+    def update(self, tenant: str, entity: StoredEntity) -> StoredEntity:
+        before = self.inner.update(tenant, entity)
         if self.listeners:
             self._record(EntityChange(tenant, entity["id"], before, entity))
+        return before
 
     def delete(self, tenant: str, entity_id: str) -> bool:
         before = self.inner.get(tenant, entity_id) if self.listeners else None

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
+import orjson
+
 from cityos.broker.changes import EntityChange
 from cityos.broker.model import StoredEntity, instance_value
 from cityos.broker.service import EntitySelector
@@ -51,20 +53,52 @@ class TooManyStreams(ServiceUnavailable):
 
 @dataclass(eq=False)
 class EntityEvent:
-    """One committed entity change, numbered in this process (see module docstring)."""
+    """One committed entity change, numbered in this process (see module docstring).
+
+    The entity before and after are kept as orjson bytes, not dicts: the replay buffer
+    holds thousands of events, and a decoded entity costs several times its JSON size.
+    """
 
     seq: int
-    change: EntityChange
+    tenant: str
+    entity_id: str
+    before_json: bytes | None
+    after_json: bytes | None
     monotonic_s: float
     occurred_at: str
     """When the change was committed (ISO 8601 UTC); a deletion reports it as ``deletedAt``."""
 
+    @classmethod
+    def of(
+        cls, seq: int, change: EntityChange, monotonic_s: float, occurred_at: str
+    ) -> EntityEvent:
+        """Number a committed change, keeping its documents in compact form."""
+        return cls(
+            seq,
+            change.tenant,
+            change.entity_id,
+            None if change.before is None else orjson.dumps(change.before),
+            None if change.after is None else orjson.dumps(change.after),
+            monotonic_s,
+            occurred_at,
+        )
+
+    @property
+    def change(self) -> EntityChange:
+        """The change with its documents decoded (a fresh copy on every access)."""
+        return EntityChange(
+            self.tenant,
+            self.entity_id,
+            None if self.before_json is None else orjson.loads(self.before_json),
+            None if self.after_json is None else orjson.loads(self.after_json),
+        )
+
     @property
     def kind(self) -> ChangeKind:
         """Which of creation, update, deletion the change was."""
-        if self.change.before is None:
+        if self.before_json is None:
             return "entityCreated"
-        if self.change.after is None:
+        if self.after_json is None:
             return "entityDeleted"
         return "entityUpdated"
 
@@ -252,7 +286,7 @@ class EventHub:
         now = self._clock()
         occurred_at = now_iso()
         for change in changes:
-            event = EntityEvent(next(self._seq), change, now, occurred_at)
+            event = EntityEvent.of(next(self._seq), change, now, occurred_at)
             self._head = event.seq
             self._buffer.append(event)
             for stream in list(self._streams):

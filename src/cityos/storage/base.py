@@ -293,8 +293,10 @@ class Storage(Protocol):
         """Store a new entity; raise ``AlreadyExists`` if the id is taken in that tenant."""
         ...
 
-    def update(self, tenant: str, entity: StoredEntity) -> None:
-        """Replace an existing entity (same id); raise ``ResourceNotFound`` if absent."""
+    def update(self, tenant: str, entity: StoredEntity) -> StoredEntity:
+        """Replace an existing entity (same id) and return the document it replaced; raise
+        ``ResourceNotFound`` if absent. (Backends read the old document anyway, for index
+        and history diffs; returning it spares listeners a second read.)"""
         ...
 
     def delete(self, tenant: str, entity_id: str) -> bool:

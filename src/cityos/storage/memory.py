@@ -85,7 +85,7 @@ class MemoryStorage:
             tenant, entity, changed_instances(None, entity, entity.get("modifiedAt") or now_iso())
         )
 
-    def update(self, tenant: str, entity: StoredEntity) -> None:
+    def update(self, tenant: str, entity: StoredEntity) -> StoredEntity:
         bucket = self._entities.get(tenant, {})
         if entity["id"] not in bucket:
             raise ResourceNotFound(f"Entity {entity['id']} not found")
@@ -93,6 +93,7 @@ class MemoryStorage:
         bucket[entity["id"]] = (bucket[entity["id"]][0], copy.deepcopy(entity))
         now = entity.get("modifiedAt") or now_iso()
         self._record(tenant, entity, changed_instances(old, entity, now))
+        return copy.deepcopy(old)
 
     def delete(self, tenant: str, entity_id: str) -> bool:
         found = self._entities.get(tenant, {}).pop(entity_id, None)

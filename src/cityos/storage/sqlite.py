@@ -317,7 +317,7 @@ class SqliteStorage:
                 self._db.execute("INSERT OR IGNORE INTO tenants VALUES (?)", (tenant,))
                 self._tenants.add(tenant)
 
-    def update(self, tenant: str, entity: StoredEntity) -> None:
+    def update(self, tenant: str, entity: StoredEntity) -> StoredEntity:
         with self.transaction():
             row = self._db.execute(
                 "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity["id"])
@@ -325,11 +325,12 @@ class SqliteStorage:
             if row is None:
                 raise ResourceNotFound(f"Entity {entity['id']} not found")
             pk, old_doc = row
-            old = orjson.loads(old_doc)
+            old: StoredEntity = orjson.loads(old_doc)
             self._db.execute("UPDATE entities SET doc = ? WHERE pk = ?", (orjson.dumps(entity), pk))
             self._write_index(tenant, pk, index_rows(entity), index_rows(old))
             now = entity.get("modifiedAt") or now_iso()
             self._record(tenant, entity, changed_instances(old, entity, now), old["type"])
+            return old
 
     def delete(self, tenant: str, entity_id: str) -> bool:
         with self.transaction():
