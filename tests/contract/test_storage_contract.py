@@ -1,16 +1,18 @@
-"""The storage contract: every backend must pass these (SQLite, memory; PostgreSQL later)."""
+"""The storage contract: every backend must pass these (SQLite, PostgreSQL, memory)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from cityos.core.errors import AlreadyExists, ResourceNotFound
 from cityos.storage.base import DEFAULT_TENANT, EntityScan, Storage
 from cityos.storage.memory import MemoryStorage
+from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
 
 T = "https://example.org/T"
@@ -19,11 +21,27 @@ TEMP = "https://example.org/temperature"
 LOC = "https://uri.etsi.org/ngsi-ld/location"
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(scope="module")
+def contract_postgres_url(new_postgres_database: Callable[[], str]) -> str:
+    """One database for the module's PostgreSQL cases, emptied before each of them."""
+    url = new_postgres_database()
+    PostgresStorage(url, upgrade=True).close()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     backend: Storage
     if request.param == "sqlite":
         backend = SqliteStorage(tmp_path / "contract.sqlite3")
+    elif request.param == "postgres":
+        url = request.getfixturevalue("contract_postgres_url")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "TRUNCATE entities, entity_types, entity_attrs, entity_geometries, tenants "
+                "RESTART IDENTITY"
+            )
+        backend = PostgresStorage(url)
     else:
         backend = MemoryStorage()
     yield backend

@@ -5,6 +5,7 @@ Design notes (why, not what):
   and a single-entity operation takes tens of microseconds, less than a thread hop.
 - ``synchronous=NORMAL`` in WAL mode: a commit survives a process crash; only an OS
   crash or power loss can lose the last transactions, the usual embedded trade-off.
+- The schema comes from ``migrations/sqlite`` (:func:`upgrade_schema`), applied on open.
 - Documents are orjson bytes; index tables carry the tenant so every index lookup
   is tenant-scoped without a join.
 """
@@ -28,37 +29,46 @@ from cityos.storage.base import (
     IndexRows,
     index_rows,
 )
+from cityos.storage.migrations import load_migrations
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS entities (
-    pk INTEGER PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    id TEXT NOT NULL,
-    doc BLOB NOT NULL,
-    UNIQUE (tenant, id)
-);
-CREATE INDEX IF NOT EXISTS entities_by_tenant_pk ON entities (tenant, pk);
-CREATE TABLE IF NOT EXISTS entity_types (
-    tenant TEXT NOT NULL, type TEXT NOT NULL, pk INTEGER NOT NULL,
-    PRIMARY KEY (tenant, type, pk)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_types_by_pk ON entity_types (pk);
-CREATE TABLE IF NOT EXISTS entity_attrs (
-    tenant TEXT NOT NULL, attr TEXT NOT NULL, pk INTEGER NOT NULL, kind TEXT NOT NULL,
-    PRIMARY KEY (tenant, attr, pk, kind)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_attrs_by_pk ON entity_attrs (pk);
-CREATE VIRTUAL TABLE IF NOT EXISTS geo_rtree USING rtree (gid, min_x, max_x, min_y, max_y);
-"""
-
-SCHEMA_VERSION = 1
 GEO_SLOTS = 256
 """R*Tree ids are ``pk * GEO_SLOTS + slot``: the entity is known from the id alone, which
 keeps box scans on the R*Tree's own index (reading auxiliary columns is ~7x slower)."""
 _FIRST_SCAN_BATCH = 64
 _MAX_SCAN_BATCH = 4096
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    """The schema version recorded in ``db`` (0 for an empty database)."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def upgrade_schema(db: sqlite3.Connection, *, target: int | None = None) -> list[int]:
+    """Apply the pending SQLite migrations up to ``target`` (default: all); return those applied.
+
+    Each migration runs in its own transaction together with the new version number, so
+    a failure leaves the database at the last version that applied cleanly.
+    ``schema_version`` holds a single row, as it did before migrations existed.
+    """
+    current = schema_version(db)
+    applied: list[int] = []
+    for migration in load_migrations("sqlite"):
+        if migration.version <= current or (target is not None and migration.version > target):
+            continue
+        try:
+            db.executescript(
+                f"BEGIN IMMEDIATE;\n{migration.sql}\n"
+                "DELETE FROM schema_version;\n"
+                f"INSERT INTO schema_version VALUES ({migration.version});\nCOMMIT;"
+            )
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied
 
 
 class SqliteStorage:
@@ -77,9 +87,8 @@ class SqliteStorage:
         db.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
         db.execute("PRAGMA temp_store=MEMORY")
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
-        if db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
-            db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        # An embedded file has one user, so it is always brought up to date on open.
+        upgrade_schema(db)
         self._tenants = {row[0] for row in db.execute("SELECT name FROM tenants")}
 
     # -- transactions ---------------------------------------------------------------
