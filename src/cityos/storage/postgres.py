@@ -145,7 +145,9 @@ SELECT pk FROM e
 """
 
 # Every CTE sees the snapshot from before the statement: the deletes remove only rows
-# absent from the new sets, the inserts add only rows absent from the old ones.
+# absent from the new sets, the inserts add only rows absent from the old ones (types and
+# attributes by their primary key: a NOT EXISTS there made the planner walk every row
+# of the type, as it cannot drive an index lookup from a CTE's pk).
 _UPDATE = """
 WITH e AS (
     UPDATE entities SET doc = %(doc)s WHERE tenant = %(tenant)s AND id = %(id)s
@@ -163,10 +165,6 @@ WITH e AS (
 ), it AS (
     INSERT INTO entity_types (tenant, type, pk)
     SELECT %(tenant)s, n.type, e.pk FROM e, new_types n
-    WHERE NOT EXISTS (
-        SELECT 1 FROM entity_types o
-        WHERE o.tenant = %(tenant)s AND o.type = n.type AND o.pk = e.pk
-    )
     ON CONFLICT DO NOTHING
 ), da AS (
     DELETE FROM entity_attrs o USING e
@@ -174,10 +172,6 @@ WITH e AS (
 ), ia AS (
     INSERT INTO entity_attrs (tenant, attr, pk, kind)
     SELECT %(tenant)s, n.attr, e.pk, n.kind FROM e, new_attrs n
-    WHERE NOT EXISTS (
-        SELECT 1 FROM entity_attrs o
-        WHERE o.tenant = %(tenant)s AND o.attr = n.attr AND o.pk = e.pk AND o.kind = n.kind
-    )
     ON CONFLICT DO NOTHING
 ), dg AS (
     DELETE FROM entity_geometries o USING e
