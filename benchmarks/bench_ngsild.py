@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -97,6 +98,10 @@ def seed(settings: Settings, count: int) -> None:
                 raise RuntimeError(result.errors[0])
             progress.advance(task, len(items))
     storage.close()
+    if settings.database:
+        # Statistics as autovacuum would have them on a database in service.
+        with psycopg.connect(settings.database, autocommit=True) as conn:
+            conn.execute("ANALYZE")
 
 
 def sensor_entity(n: int, rng: random.Random) -> dict[str, object]:

@@ -147,7 +147,9 @@ SELECT pk FROM e
 # Every CTE sees the snapshot from before the statement: the deletes remove only rows
 # absent from the new sets, the inserts add only rows absent from the old ones (types and
 # attributes by their primary key: a NOT EXISTS there made the planner walk every row
-# of the type, as it cannot drive an index lookup from a CTE's pk).
+# of the type, as it cannot drive an index lookup from a CTE's pk). ``pk = (SELECT pk
+# FROM e)`` is a scalar subquery on purpose: the pk becomes a parameter, so the by-pk
+# indexes are used even before ANALYZE has run (a join with ``e`` scanned whole tables).
 _UPDATE = """
 WITH e AS (
     UPDATE entities SET doc = %(doc)s WHERE tenant = %(tenant)s AND id = %(id)s
@@ -160,22 +162,22 @@ WITH e AS (
     SELECT n.attr, n.value::jsonb AS value
     FROM unnest(%(geo_attrs)s::text[], %(geo_values)s::text[]) AS n(attr, value)
 ), dt AS (
-    DELETE FROM entity_types o USING e
-    WHERE o.pk = e.pk AND o.type NOT IN (SELECT type FROM new_types)
+    DELETE FROM entity_types o
+    WHERE o.pk = (SELECT pk FROM e) AND o.type NOT IN (SELECT type FROM new_types)
 ), it AS (
     INSERT INTO entity_types (tenant, type, pk)
     SELECT %(tenant)s, n.type, e.pk FROM e, new_types n
     ON CONFLICT DO NOTHING
 ), da AS (
-    DELETE FROM entity_attrs o USING e
-    WHERE o.pk = e.pk AND (o.attr, o.kind) NOT IN (SELECT attr, kind FROM new_attrs)
+    DELETE FROM entity_attrs o
+    WHERE o.pk = (SELECT pk FROM e) AND (o.attr, o.kind) NOT IN (SELECT attr, kind FROM new_attrs)
 ), ia AS (
     INSERT INTO entity_attrs (tenant, attr, pk, kind)
     SELECT %(tenant)s, n.attr, e.pk, n.kind FROM e, new_attrs n
     ON CONFLICT DO NOTHING
 ), dg AS (
-    DELETE FROM entity_geometries o USING e
-    WHERE o.pk = e.pk AND NOT EXISTS (
+    DELETE FROM entity_geometries o
+    WHERE o.pk = (SELECT pk FROM e) AND NOT EXISTS (
         SELECT 1 FROM new_geometries n WHERE n.attr = o.attr AND n.value = o.value
     )
 ), ig AS (
@@ -185,7 +187,7 @@ WITH e AS (
     FROM e, new_geometries n
     WHERE NOT EXISTS (
         SELECT 1 FROM entity_geometries o
-        WHERE o.pk = e.pk AND o.attr = n.attr AND o.value = n.value
+        WHERE o.pk = (SELECT pk FROM e) AND o.attr = n.attr AND o.value = n.value
     )
 )
 SELECT pk FROM e
@@ -195,11 +197,11 @@ _DELETE = """
 WITH e AS (
     DELETE FROM entities WHERE tenant = %s AND id = %s RETURNING pk
 ), t AS (
-    DELETE FROM entity_types WHERE pk IN (SELECT pk FROM e)
+    DELETE FROM entity_types WHERE pk = (SELECT pk FROM e)
 ), a AS (
-    DELETE FROM entity_attrs WHERE pk IN (SELECT pk FROM e)
+    DELETE FROM entity_attrs WHERE pk = (SELECT pk FROM e)
 ), g AS (
-    DELETE FROM entity_geometries WHERE pk IN (SELECT pk FROM e)
+    DELETE FROM entity_geometries WHERE pk = (SELECT pk FROM e)
 )
 SELECT count(*) FROM e
 """
