@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -16,7 +18,7 @@ from starlette.routing import Match
 
 from cityos import __version__
 from cityos.api.auth import ApiKeyMiddleware
-from cityos.api.ngsild import batch, contexts, discovery, entities
+from cityos.api.ngsild import batch, contexts, discovery, entities, temporal
 from cityos.api.ngsild.common import TrailingSlashMiddleware
 from cityos.api.problems import (
     handle_cityos_error,
@@ -27,10 +29,12 @@ from cityos.broker.changes import ObservedStorage
 from cityos.broker.context import ContextResolver, core_context_body
 from cityos.broker.context_store import PersistentContextStore
 from cityos.broker.service import ContextBroker
+from cityos.broker.temporal import TemporalBroker, retention_from_settings
 from cityos.core import errors
+from cityos.core.timeutil import datetime_ms, now_iso
 from cityos.settings import Settings
 from cityos.storage import postgres, sqlite
-from cityos.storage.base import Storage
+from cityos.storage.base import TemporalStorage
 from cityos.storage.documents import SqliteDocumentTable
 from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.postgres import PostgresStorage, is_postgres_url
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 NGSI_LD_PREFIX = "/ngsi-ld/v1"
 
 
-def open_storage(settings: Settings) -> Storage:
+def open_storage(settings: Settings) -> TemporalStorage:
     """The storage backend the settings name (SQLite unless a PostgreSQL URL is given).
 
     A PostgreSQL schema is upgraded only with ``settings.upgrade_on_start``; otherwise
@@ -108,7 +112,27 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
-def create_app(settings: Settings | None = None, *, storage: Storage | None = None) -> FastAPI:
+async def run_retention(
+    temporal: TemporalBroker, retention_ms: dict[str, int], interval_s: float
+) -> None:
+    """Delete expired history every ``interval_s`` until cancelled (app lifespan task).
+
+    Runs on the event-loop thread like every other storage call: the deletes are range
+    deletes on the clustered key, and one transaction per run keeps them short.
+    """
+    while True:
+        try:
+            removed = temporal.expire(retention_ms, datetime_ms(now_iso()))
+            if removed:
+                log.info("Retention deleted %d history rows", removed)
+        except Exception:
+            log.exception("Retention run failed")
+        await asyncio.sleep(interval_s)
+
+
+def create_app(
+    settings: Settings | None = None, *, storage: TemporalStorage | None = None
+) -> FastAPI:
     """Build the application. ``storage`` overrides the backend named by the settings."""
     settings = settings or Settings()
     store = storage or open_storage(settings)
@@ -122,12 +146,22 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         core = await resolver.resolve(None)
         app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
+        retention_task = None
+        if settings.retention:
+            retention_ms = retention_from_settings(settings.retention, core.expand)
+            retention_task = asyncio.create_task(
+                run_retention(app.state.temporal, retention_ms, settings.retention_interval_s)
+            )
         if settings.auth == "off":
             log.warning(
                 "Authentication is OFF (CITYOS_AUTH=off): anyone can write. "
                 "Use this only for local development."
             )
         yield
+        if retention_task is not None:
+            retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retention_task
         store.close()
         keys.close()
         contexts_table.close()
@@ -143,6 +177,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     observed = ObservedStorage(store)
     app.state.storage = observed
     app.state.broker = ContextBroker(observed, max_limit=settings.max_page_limit)
+    app.state.temporal = TemporalBroker(app.state.broker, store)
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
     app.state.keys = keys
@@ -157,7 +192,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         """200 ``{"status": "ok"}`` once the server is ready."""
         return JSONResponse({"status": "ok"})
 
-    for module in (entities, batch, discovery, contexts):
+    for module in (entities, batch, discovery, contexts, temporal):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)

@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     )
     context_fetch_timeout_s: float = 5.0
     log_level: str = "info"
+    retention: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "History retention per entity type: a JSON object of type name (or IRI) to "
+            'ISO 8601 duration, e.g. {"WaterObserved": "P1Y"}. Types not named keep '
+            "everything."
+        ),
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, description="How often the retention task deletes expired history."
+    )
 
     @field_validator("public_types", mode="before")
     @classmethod

@@ -10,7 +10,14 @@ import psycopg
 import pytest
 
 from cityos.core.errors import AlreadyExists, ResourceNotFound
-from cityos.storage.base import DEFAULT_TENANT, EntityScan, Storage
+from cityos.storage.base import (
+    DEFAULT_TENANT,
+    NULL,
+    EntityScan,
+    HistoryScan,
+    Storage,
+    TemporalStorage,
+)
 from cityos.storage.memory import MemoryStorage
 from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
@@ -30,15 +37,16 @@ def contract_postgres_url(new_postgres_database: Callable[[], str]) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgres", "memory"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    backend: Storage
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TemporalStorage]:
+    backend: TemporalStorage
     if request.param == "sqlite":
         backend = SqliteStorage(tmp_path / "contract.sqlite3")
     elif request.param == "postgres":
         url = request.getfixturevalue("contract_postgres_url")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
-                "TRUNCATE entities, entity_types, entity_attrs, entity_geometries, tenants "
+                "TRUNCATE entities, entity_types, entity_attrs, entity_geometries, tenants, "
+                "temporal, temporal_entities, temporal_attrs "
                 "RESTART IDENTITY"
             )
         backend = PostgresStorage(url)
@@ -168,3 +176,145 @@ def test_discovery_counts_types_and_attributes(storage: Storage) -> None:
     }
     assert usage == {(T, TEMP, "Property"): 2, (T, LOC, "GeoProperty"): 1}
     assert storage.count_all(DEFAULT_TENANT) == 3
+
+
+# -- temporal history ------------------------------------------------------------------
+
+
+def observed(value: float, at: str, dataset_id: str | None = None) -> dict[str, Any]:
+    instance: dict[str, Any] = {"type": "Property", "value": value, "observedAt": at}
+    if dataset_id is not None:
+        instance["datasetId"] = dataset_id
+    return instance
+
+
+def with_temperature(entity_id: str, *instances: dict[str, Any]) -> dict[str, Any]:
+    doc = entity(entity_id)
+    doc["attrs"][TEMP] = list(instances)
+    return doc
+
+
+def values(storage: TemporalStorage, scan: HistoryScan, entity_id: str = "urn:h") -> list[Any]:
+    return [row.instance.get("value") for row in storage.history(DEFAULT_TENANT, entity_id, scan)]
+
+
+def test_insert_and_update_record_only_changed_instances(storage: TemporalStorage) -> None:
+    storage.insert(DEFAULT_TENANT, with_temperature("urn:h", observed(1, "2026-01-01T00:00:00Z")))
+    unchanged = with_temperature("urn:h", observed(1, "2026-01-01T00:00:00Z"))
+    unchanged["attrs"][LOC] = [
+        {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [1, 2]}}
+    ]
+    storage.update(DEFAULT_TENANT, unchanged)
+    storage.update(DEFAULT_TENANT, with_temperature("urn:h", observed(2, "2026-01-01T00:10:00Z")))
+    rows = storage.history(DEFAULT_TENANT, "urn:h", HistoryScan(attrs=frozenset({TEMP})))
+    assert [r.instance["value"] for r in rows] == [1, 2]
+    assert rows[1].time_ms - rows[0].time_ms == 600_000
+    assert len({r.instance_id for r in rows}) == 2
+
+
+def test_removed_instance_gets_a_deletion_marker(storage: TemporalStorage) -> None:
+    storage.insert(DEFAULT_TENANT, with_temperature("urn:h", observed(1, "2026-01-01T00:00:00Z")))
+    storage.update(DEFAULT_TENANT, entity("urn:h"))
+    rows = storage.history(DEFAULT_TENANT, "urn:h", HistoryScan())
+    assert [r.instance["value"] for r in rows] == [1, NULL]
+    assert "deletedAt" in rows[1].instance
+
+
+def test_history_outlives_core_delete_until_deleted_itself(storage: TemporalStorage) -> None:
+    storage.insert(DEFAULT_TENANT, with_temperature("urn:h", observed(1, "2026-01-01T00:00:00Z")))
+    storage.delete(DEFAULT_TENANT, "urn:h")
+    assert storage.temporal_types(DEFAULT_TENANT, "urn:h") == [T]
+    assert values(storage, HistoryScan())[0] == 1
+    assert storage.delete_history(DEFAULT_TENANT, "urn:h") > 0
+    assert storage.temporal_types(DEFAULT_TENANT, "urn:h") is None
+    assert values(storage, HistoryScan()) == []
+
+
+@pytest.mark.parametrize(
+    ("scan", "expected"),
+    [
+        (HistoryScan(), [0, 1, 2, 3, 4]),
+        (HistoryScan(start_ms=1_767_225_720_000), [2, 3, 4]),
+        (HistoryScan(end_ms=1_767_225_720_000), [0, 1]),
+        (HistoryScan(last_n=2), [3, 4]),
+        (HistoryScan(end_ms=1_767_225_720_000, last_n=1), [1]),
+        (HistoryScan(attrs=frozenset({"urn:other"})), []),
+    ],
+)
+def test_history_scan_narrows_by_time_and_last_n(
+    storage: TemporalStorage, scan: HistoryScan, expected: list[int]
+) -> None:
+    # Appended out of order: the scan must still answer in time order.
+    rows = [(TEMP, observed(n, f"2026-01-01T00:0{n}:00Z")) for n in (3, 0, 4, 1, 2)]
+    storage.append_history(DEFAULT_TENANT, "urn:h", [T], rows)
+    assert values(storage, scan) == expected
+
+
+def test_one_instance_can_be_replaced_or_deleted_by_id(storage: TemporalStorage) -> None:
+    ids_ = storage.append_history(
+        DEFAULT_TENANT,
+        "urn:h",
+        [T],
+        [(TEMP, observed(n, f"2026-01-01T00:0{n}:00Z")) for n in range(3)],
+    )
+    moved = observed(9, "2026-01-01T00:09:00Z")
+    assert storage.replace_history_instance(DEFAULT_TENANT, "urn:h", TEMP, ids_[0], moved)
+    assert values(storage, HistoryScan()) == [1, 2, 9]
+    assert storage.delete_history_instance(DEFAULT_TENANT, "urn:h", TEMP, ids_[1])
+    assert values(storage, HistoryScan()) == [2, 9]
+    assert not storage.delete_history_instance(DEFAULT_TENANT, "urn:h", TEMP, ids_[1])
+    assert not storage.delete_history_instance(DEFAULT_TENANT, "urn:h", TEMP, "urn:x:1")
+
+
+def test_delete_history_of_one_dataset(storage: TemporalStorage) -> None:
+    storage.append_history(
+        DEFAULT_TENANT,
+        "urn:h",
+        [T],
+        [
+            (TEMP, observed(1, "2026-01-01T00:01:00Z")),
+            (TEMP, observed(2, "2026-01-01T00:02:00Z", "urn:ds:a")),
+        ],
+    )
+    storage.delete_history(DEFAULT_TENANT, "urn:h", TEMP, dataset_id="urn:ds:a", all_datasets=False)
+    assert values(storage, HistoryScan()) == [1]
+    storage.delete_history(DEFAULT_TENANT, "urn:h", TEMP)
+    assert values(storage, HistoryScan()) == []
+
+
+def test_expire_history_deletes_old_rows_of_the_type_only(storage: TemporalStorage) -> None:
+    for entity_id, types in (("urn:h", [T]), ("urn:u", [U])):
+        storage.append_history(
+            DEFAULT_TENANT,
+            entity_id,
+            types,
+            [(TEMP, observed(n, f"2026-01-01T00:0{n}:00Z")) for n in range(3)],
+        )
+    assert storage.expire_history(T, 1_767_225_720_000) == 2
+    assert values(storage, HistoryScan()) == [2]
+    assert values(storage, HistoryScan(), "urn:u") == [0, 1, 2]
+
+
+def test_history_rolls_back_with_the_transaction(storage: TemporalStorage) -> None:
+    with pytest.raises(AlreadyExists), storage.transaction():
+        storage.insert(
+            DEFAULT_TENANT, with_temperature("urn:h", observed(1, "2026-01-01T00:00:00Z"))
+        )
+        storage.insert(DEFAULT_TENANT, entity("urn:h"))
+    assert values(storage, HistoryScan()) == []
+
+
+def test_same_observation_replaces_its_history_row(storage: TemporalStorage) -> None:
+    storage.append_history(
+        DEFAULT_TENANT,
+        "urn:h",
+        [T],
+        [
+            (TEMP, observed(1, "2026-01-01T00:01:00Z")),
+            (TEMP, observed(5, "2026-01-01T00:01:00Z", "urn:ds:a")),
+        ],
+    )
+    storage.append_history(
+        DEFAULT_TENANT, "urn:h", [T], [(TEMP, observed(2, "2026-01-01T00:01:00Z"))]
+    )
+    assert sorted(values(storage, HistoryScan())) == [2, 5]

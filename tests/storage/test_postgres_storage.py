@@ -27,7 +27,8 @@ def url(new_postgres_database: Callable[[], str]) -> str:
 def storage(url: str) -> Iterator[PostgresStorage]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE entities, entity_types, entity_attrs, entity_geometries, tenants "
+            "TRUNCATE entities, entity_types, entity_attrs, entity_geometries, tenants, "
+            "temporal, temporal_entities, temporal_attrs "
             "RESTART IDENTITY"
         )
     backend = PostgresStorage(url)

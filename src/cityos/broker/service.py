@@ -11,7 +11,7 @@ one process they are atomic; across processes the storage transaction makes them
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,87 +462,87 @@ class ContextBroker:
 
     # -- batches --------------------------------------------------------------------
 
-    def batch_create(self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]]) -> BatchResult:
-        """Create each entity; one failing does not stop the others."""
+    def _each_entity(
+        self,
+        items: Sequence[tuple[Any, ExpandTerm]],
+        operation: Callable[[Any, ExpandTerm], str],
+    ) -> BatchResult:
+        """Run ``operation`` on each payload in one transaction; one error fails only its
+        own entity (NGSI-LD batch semantics). ``operation`` returns the entity id."""
         result = BatchResult()
         with self.storage.transaction():
             for payload, expand in items:
-                entity_id = _payload_id(payload)
                 try:
-                    created = self.create_entity(tenant, payload, expand)
+                    entity_id = operation(payload, expand)
                 except CityosError as error:
-                    result.errors.append((entity_id, error))
+                    result.errors.append((_payload_id(payload), error))
                 else:
-                    result.success.append(created)
-                    result.created.append(created)
+                    result.success.append(entity_id)
+        return result
+
+    def batch_create(self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]]) -> BatchResult:
+        """Create each entity; one failing does not stop the others."""
+        result = self._each_entity(
+            items, lambda payload, expand: self.create_entity(tenant, payload, expand)
+        )
+        result.created = list(result.success)
         return result
 
     def batch_upsert(
         self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]], *, replace: bool = True
     ) -> BatchResult:
         """Create missing entities; replace (or update, with ``replace=False``) existing ones."""
-        result = BatchResult()
-        with self.storage.transaction():
-            for payload, expand in items:
-                entity_id = _payload_id(payload)
-                try:
-                    entity = parse_entity(payload, expand, now_iso())
-                    if self.storage.get(tenant, entity["id"]) is None:
-                        self.storage.insert(tenant, entity)
-                        result.created.append(entity["id"])
-                    elif replace:
-                        self.replace_entity(tenant, entity["id"], payload, expand)
-                    else:
-                        self.append_attributes(tenant, entity["id"], payload, expand)
-                except CityosError as error:
-                    result.errors.append((entity_id, error))
-                else:
-                    result.success.append(entity["id"])
+        created: list[str] = []
+
+        def upsert(payload: Any, expand: ExpandTerm) -> str:  # Any: JSON value
+            entity = parse_entity(payload, expand, now_iso())
+            entity_id: str = entity["id"]
+            if self.storage.get(tenant, entity_id) is None:
+                self.storage.insert(tenant, entity)
+                created.append(entity_id)
+            elif replace:
+                self.replace_entity(tenant, entity_id, payload, expand)
+            else:
+                self.append_attributes(tenant, entity_id, payload, expand)
+            return entity_id
+
+        result = self._each_entity(items, upsert)
+        result.created = created
         return result
 
     def batch_update(
         self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]], *, no_overwrite: bool = False
     ) -> BatchResult:
-        """Append attributes to each existing entity (``noOverwrite`` keeps existing ones)."""
-        result = BatchResult()
-        with self.storage.transaction():
-            for payload, expand in items:
-                entity_id = _payload_id(payload)
-                try:
-                    if not isinstance(payload, dict):
-                        raise BadRequestData("An entity must be a JSON object")
+        """Append attributes to each existing entity (``noOverwrite`` keeps existing ones).
 
-                    check_entity_id(entity_id)
-                    appended = self.append_attributes(
-                        tenant, entity_id, payload, expand, no_overwrite=no_overwrite
-                    )
-                    if appended.not_updated:
-                        names = ", ".join(iri for iri, _ in appended.not_updated)
-                        raise BadRequestData(
-                            f"Attributes not updated in {entity_id}: {names}",
-                            title="Attributes not updated",
-                        )
-                except CityosError as error:
-                    result.errors.append((entity_id, error))
-                else:
-                    result.success.append(entity_id)
-        return result
+        With ``noOverwrite``, an entity that kept some of its attributes is reported as an
+        error naming them, although its new attributes were added.
+        """
+
+        def update(payload: Any, expand: ExpandTerm) -> str:  # Any: JSON value
+            entity_id = _existing_id(payload)
+            appended = self.append_attributes(
+                tenant, entity_id, payload, expand, no_overwrite=no_overwrite
+            )
+            if appended.not_updated:
+                names = ", ".join(iri for iri, _ in appended.not_updated)
+                raise BadRequestData(
+                    f"Attributes not updated in {entity_id}: {names}",
+                    title="Attributes not updated",
+                )
+            return entity_id
+
+        return self._each_entity(items, update)
 
     def batch_merge(self, tenant: str, items: Sequence[tuple[Any, ExpandTerm]]) -> BatchResult:
         """Merge-patch each existing entity."""
-        result = BatchResult()
-        with self.storage.transaction():
-            for payload, expand in items:
-                entity_id = _payload_id(payload)
-                try:
-                    if not isinstance(payload, dict):
-                        raise BadRequestData("An entity must be a JSON object")
-                    self.merge_entity(tenant, entity_id, payload, expand)
-                except CityosError as error:
-                    result.errors.append((entity_id, error))
-                else:
-                    result.success.append(entity_id)
-        return result
+
+        def merge(payload: Any, expand: ExpandTerm) -> str:  # Any: JSON value
+            entity_id = _existing_id(payload)
+            self.merge_entity(tenant, entity_id, payload, expand)
+            return entity_id
+
+        return self._each_entity(items, merge)
 
     def batch_delete(self, tenant: str, entity_ids: Iterable[object]) -> BatchResult:
         """Delete each entity by id."""
@@ -594,6 +594,13 @@ class ContextBroker:
                     entity["modifiedAt"] = now
                     self.storage.update(tenant, entity)
         return len(matching)
+
+
+def _existing_id(payload: object) -> str:
+    """The id of a batch item that addresses an existing entity; 400 when not usable."""
+    if not isinstance(payload, dict):
+        raise BadRequestData("An entity must be a JSON object")
+    return check_entity_id(_payload_id(payload))
 
 
 def _payload_id(payload: object) -> str:

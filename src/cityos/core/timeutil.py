@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time
+import time as time_module
+from datetime import UTC, date, datetime, time, timedelta
 
 from cityos.core.errors import BadRequestData
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 _DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
 
 
@@ -37,6 +40,29 @@ def parse_datetime(text: str, *, field: str = "DateTime") -> datetime:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise BadRequestData(f"{field} is not a valid date-time: {text!r} ({exc})") from None
+
+
+def datetime_ms(text: str) -> int:
+    """Unix milliseconds of an ISO 8601 date-time (a missing zone is read as UTC).
+
+    For timestamps already validated on the way in; raises ``BadRequestData`` otherwise.
+    """
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequestData(f"Not an ISO 8601 date-time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def format_ms(time_ms: int) -> str:
+    """Format Unix milliseconds like :func:`format_datetime` (without a datetime object:
+    temporal aggregation formats thousands of period bounds per response)."""
+    seconds, millis = divmod(time_ms, 1000)
+    return (
+        time_module.strftime("%Y-%m-%dT%H:%M:%S", time_module.gmtime(seconds)) + f".{millis:03d}Z"
+    )
 
 
 def is_datetime(text: str) -> bool:

@@ -9,6 +9,16 @@ Index rows a backend keeps per entity, derived with :func:`index_rows`:
 - its type IRIs (for type queries and discovery),
 - its attribute IRIs with their kinds (for ``attrs`` filters and discovery),
 - the bounding box of each GeoProperty value (for geo-query candidates).
+
+Temporal history: every ``insert``/``update``/``delete`` also appends, in the same
+transaction, one history row per attribute instance that is new or changed
+(:func:`changed_instances`), and a deletion marker per instance that went away. History
+rows of an entity outlive the entity (core delete keeps them; temporal delete removes
+them, see :meth:`TemporalStorage.delete_history`).
+
+An observation is identified by (entity, attribute, datasetId, ``observedAt``): a new
+row with the same ``observedAt`` *replaces* the old one instead of adding a duplicate,
+so re-sent measurements and corrected values do not double in the history.
 """
 
 from __future__ import annotations
@@ -18,8 +28,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cityos.broker.model import StoredEntity
+from cityos.broker.model import VALUE_KEY_BY_KIND, AttributeInstance, StoredEntity
 from cityos.core.geo import bbox as geometry_bbox
+from cityos.core.timeutil import datetime_ms
 
 BoundingBox = tuple[float, float, float, float]
 """(min_lon, min_lat, max_lon, max_lat) in WGS84 degrees."""
@@ -76,6 +87,91 @@ class AttributeUsage:
     attr_iri: str
     kind: str
     entity_count: int
+
+
+INSTANCE_ID_PREFIX = "urn:ngsi-ld:Instance:"
+"""Instance ids are this prefix and the backend's history sequence number."""
+
+NULL = "urn:ngsi-ld:null"
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One attribute instance of an entity's history.
+
+    ``time_ms`` is the instance's ``observedAt``, or when it has none the time it was
+    written (``modifiedAt``; ``deletedAt`` for deletion markers), in Unix milliseconds.
+    ``instance`` is the stored instance, without ``instanceId``.
+    """
+
+    attr_iri: str
+    time_ms: int
+    instance_id: str
+    instance: AttributeInstance
+
+
+@dataclass(frozen=True)
+class HistoryScan:
+    """Which history rows of one entity to read; ``None`` means "no restriction".
+
+    ``start_ms`` is inclusive and ``end_ms`` exclusive. ``last_n`` keeps the most recent
+    ``last_n`` rows *per attribute* within the time range. ``attrs`` narrows by attribute
+    IRI. Rows come grouped by attribute, each group in ascending time.
+    """
+
+    attrs: frozenset[str] | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    last_n: int | None = None
+
+
+def instance_time_ms(instance: AttributeInstance) -> int:
+    """The time a history row is filed under (see :class:`HistoryRow`)."""
+    for key in ("observedAt", "deletedAt", "modifiedAt", "createdAt"):
+        value = instance.get(key)
+        if isinstance(value, str):
+            return datetime_ms(value)
+    return 0
+
+
+def deletion_marker(instance: AttributeInstance, now: str) -> AttributeInstance:
+    """The history row that records the deletion of ``instance`` at ``now``."""
+    kind = instance.get("type", "Property")
+    key = VALUE_KEY_BY_KIND.get(kind, "value")
+    marker: AttributeInstance = {
+        "type": kind,
+        key: {"@none": NULL} if key == "languageMap" else NULL,
+    }
+    if "datasetId" in instance:
+        marker["datasetId"] = instance["datasetId"]
+    marker["deletedAt"] = now
+    return marker
+
+
+def changed_instances(
+    old: StoredEntity | None, new: StoredEntity | None, now: str
+) -> list[tuple[str, AttributeInstance]]:
+    """The history rows a write from ``old`` to ``new`` adds, as (attribute IRI, instance).
+
+    An instance of ``new`` that is not equal to the one with the same datasetId in
+    ``old`` is new history; an instance of ``old`` whose datasetId is gone from ``new``
+    gets a deletion marker dated ``now``.
+    """
+    old_attrs: dict[str, list[AttributeInstance]] = old.get("attrs", {}) if old else {}
+    new_attrs: dict[str, list[AttributeInstance]] = new.get("attrs", {}) if new else {}
+    rows: list[tuple[str, AttributeInstance]] = []
+    for attr_iri, instances in new_attrs.items():
+        before = old_attrs.get(attr_iri)
+        for instance in instances:
+            if before is None or instance not in before:
+                rows.append((attr_iri, instance))
+    for attr_iri, instances in old_attrs.items():
+        after = new_attrs.get(attr_iri, [])
+        kept = {i.get("datasetId") for i in after}
+        for instance in instances:
+            if instance.get("datasetId") not in kept:
+                rows.append((attr_iri, deletion_marker(instance, now)))
+    return rows
 
 
 class Storage(Protocol):
@@ -137,4 +233,71 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release connections and files."""
+        ...
+
+
+class TemporalStorage(Storage, Protocol):
+    """A ``Storage`` that also keeps entity history (both real backends and the fake).
+
+    A separate protocol so that wrappers of the entity seam (``ObservedStorage``) stay
+    ``Storage``; the temporal API talks to the backend itself, while entity writes still
+    go through the wrappers and record history inside the backend.
+    """
+
+    def history(self, tenant: str, entity_id: str, scan: HistoryScan) -> list[HistoryRow]:
+        """History rows of an entity (see :class:`HistoryScan` for order and narrowing)."""
+        ...
+
+    def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:
+        """The type IRIs of an entity that has history (last known); ``None`` if none."""
+        ...
+
+    def append_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        types: list[str],
+        rows: list[tuple[str, AttributeInstance]],
+    ) -> list[str]:
+        """Add history rows (attribute IRI, instance) without touching the entity;
+        return their instance ids."""
+        ...
+
+    def delete_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str | None = None,
+        *,
+        dataset_id: str | None = None,
+        all_datasets: bool = True,
+    ) -> int:
+        """Delete history rows; return how many.
+
+        ``attr_iri`` ``None`` deletes the whole temporal entity (rows and its type
+        record). Otherwise only that attribute's rows: of every datasetId when
+        ``all_datasets``, else of ``dataset_id`` (``None`` = the default instance).
+        """
+        ...
+
+    def replace_history_instance(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        instance_id: str,
+        instance: AttributeInstance,
+    ) -> bool:
+        """Replace one history row (it may move in time); ``False`` if there is none."""
+        ...
+
+    def delete_history_instance(
+        self, tenant: str, entity_id: str, attr_iri: str, instance_id: str
+    ) -> bool:
+        """Delete one history row; ``False`` if there is none."""
+        ...
+
+    def expire_history(self, type_iri: str, before_ms: int) -> int:
+        """Delete, in every tenant, the rows older than ``before_ms`` of entities of
+        ``type_iri`` (retention); return how many."""
         ...

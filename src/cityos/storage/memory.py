@@ -7,14 +7,28 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cityos.broker.model import StoredEntity
+from cityos.broker.model import AttributeInstance, StoredEntity
 from cityos.core.errors import AlreadyExists, ResourceNotFound
+from cityos.core.timeutil import now_iso
 from cityos.storage.base import (
     DEFAULT_TENANT,
+    INSTANCE_ID_PREFIX,
     AttributeUsage,
     EntityScan,
+    HistoryRow,
+    HistoryScan,
+    changed_instances,
     index_rows,
+    instance_time_ms,
 )
+
+
+class _TemporalEntity:
+    """The history of one entity: its last known types and its rows."""
+
+    def __init__(self, types: list[str]) -> None:
+        self.types = list(types)
+        self.rows: list[HistoryRow] = []
 
 
 class MemoryStorage:
@@ -24,6 +38,9 @@ class MemoryStorage:
         self._entities: dict[str, dict[str, tuple[int, StoredEntity]]] = {}
         self._next_pk = 1
         self._snapshot: dict[str, dict[str, tuple[int, StoredEntity]]] | None = None
+        self._history: dict[tuple[str, str], _TemporalEntity] = {}
+        self._history_snapshot: dict[tuple[str, str], _TemporalEntity] | None = None
+        self._next_seq = 1
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -31,13 +48,17 @@ class MemoryStorage:
             yield
             return
         self._snapshot = copy.deepcopy(self._entities)
+        self._history_snapshot = copy.deepcopy(self._history)
         try:
             yield
         except BaseException:
             self._entities = self._snapshot
+            assert self._history_snapshot is not None
+            self._history = self._history_snapshot
             raise
         finally:
             self._snapshot = None
+            self._history_snapshot = None
 
     def get(self, tenant: str, entity_id: str) -> StoredEntity | None:
         found = self._entities.get(tenant, {}).get(entity_id)
@@ -56,15 +77,153 @@ class MemoryStorage:
             raise AlreadyExists(f"Entity {entity['id']} already exists")
         bucket[entity["id"]] = (self._next_pk, copy.deepcopy(entity))
         self._next_pk += 1
+        self._record(
+            tenant, entity, changed_instances(None, entity, entity.get("modifiedAt") or now_iso())
+        )
 
     def update(self, tenant: str, entity: StoredEntity) -> None:
         bucket = self._entities.get(tenant, {})
         if entity["id"] not in bucket:
             raise ResourceNotFound(f"Entity {entity['id']} not found")
+        old = bucket[entity["id"]][1]
         bucket[entity["id"]] = (bucket[entity["id"]][0], copy.deepcopy(entity))
+        now = entity.get("modifiedAt") or now_iso()
+        self._record(tenant, entity, changed_instances(old, entity, now))
 
     def delete(self, tenant: str, entity_id: str) -> bool:
-        return self._entities.get(tenant, {}).pop(entity_id, None) is not None
+        found = self._entities.get(tenant, {}).pop(entity_id, None)
+        if found is None:
+            return False
+        self._record(tenant, found[1], changed_instances(found[1], None, now_iso()))
+        return True
+
+    # -- temporal history -------------------------------------------------------------
+
+    def _record(
+        self, tenant: str, entity: StoredEntity, rows: list[tuple[str, AttributeInstance]]
+    ) -> None:
+        self.append_history(tenant, entity["id"], entity["type"], rows)
+
+    def history(self, tenant: str, entity_id: str, scan: HistoryScan) -> list[HistoryRow]:
+        found = self._history.get((tenant, entity_id))
+        if found is None:
+            return []
+        by_attr: dict[str, list[HistoryRow]] = {}
+        for row in found.rows:
+            if scan.attrs is not None and row.attr_iri not in scan.attrs:
+                continue
+            if scan.start_ms is not None and row.time_ms < scan.start_ms:
+                continue
+            if scan.end_ms is not None and row.time_ms >= scan.end_ms:
+                continue
+            by_attr.setdefault(row.attr_iri, []).append(row)
+        out: list[HistoryRow] = []
+        for attr_iri in sorted(by_attr):
+            rows = sorted(by_attr[attr_iri], key=lambda r: (r.time_ms, _seq(r.instance_id)))
+            if scan.last_n is not None:
+                rows = rows[-scan.last_n :] if scan.last_n else []
+            out.extend(copy.deepcopy(rows))
+        return out
+
+    def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:
+        found = self._history.get((tenant, entity_id))
+        return None if found is None else list(found.types)
+
+    def append_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        types: list[str],
+        rows: list[tuple[str, AttributeInstance]],
+    ) -> list[str]:
+        found = self._history.setdefault((tenant, entity_id), _TemporalEntity(types))
+        found.types = list(types)
+        ids = []
+        for attr_iri, instance in rows:
+            instance_id = f"{INSTANCE_ID_PREFIX}{self._next_seq}"
+            self._next_seq += 1
+            time_ms = instance_time_ms(instance)
+            if "observedAt" in instance:
+                found.rows = [
+                    row
+                    for row in found.rows
+                    if not (
+                        row.attr_iri == attr_iri
+                        and row.time_ms == time_ms
+                        and row.instance.get("datasetId") == instance.get("datasetId")
+                        and "deletedAt" not in row.instance
+                    )
+                ]
+            found.rows.append(
+                HistoryRow(
+                    attr_iri, instance_time_ms(instance), instance_id, copy.deepcopy(instance)
+                )
+            )
+            ids.append(instance_id)
+        return ids
+
+    def delete_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str | None = None,
+        *,
+        dataset_id: str | None = None,
+        all_datasets: bool = True,
+    ) -> int:
+        found = self._history.get((tenant, entity_id))
+        if found is None:
+            return 0
+        if attr_iri is None:
+            del self._history[(tenant, entity_id)]
+            return len(found.rows) + 1
+        kept = [
+            row
+            for row in found.rows
+            if row.attr_iri != attr_iri
+            or (not all_datasets and row.instance.get("datasetId") != dataset_id)
+        ]
+        count = len(found.rows) - len(kept)
+        found.rows = kept
+        return count
+
+    def replace_history_instance(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        instance_id: str,
+        instance: AttributeInstance,
+    ) -> bool:
+        found = self._history.get((tenant, entity_id))
+        for index, row in enumerate(found.rows if found else []):
+            if row.attr_iri == attr_iri and row.instance_id == instance_id:
+                assert found is not None
+                found.rows[index] = HistoryRow(
+                    attr_iri, instance_time_ms(instance), instance_id, copy.deepcopy(instance)
+                )
+                return True
+        return False
+
+    def delete_history_instance(
+        self, tenant: str, entity_id: str, attr_iri: str, instance_id: str
+    ) -> bool:
+        found = self._history.get((tenant, entity_id))
+        for index, row in enumerate(found.rows if found else []):
+            if row.attr_iri == attr_iri and row.instance_id == instance_id:
+                assert found is not None
+                del found.rows[index]
+                return True
+        return False
+
+    def expire_history(self, type_iri: str, before_ms: int) -> int:
+        count = 0
+        for found in self._history.values():
+            if type_iri in found.types:
+                kept = [row for row in found.rows if row.time_ms >= before_ms]
+                count += len(found.rows) - len(kept)
+                found.rows = kept
+        return count
 
     def scan(self, tenant: str, scan: EntityScan) -> Iterator[tuple[int, StoredEntity]]:
         rows = sorted(self._entities.get(tenant, {}).values(), key=lambda row: row[0])
@@ -111,6 +270,10 @@ class MemoryStorage:
 
     def close(self) -> None:
         self._entities.clear()
+
+
+def _seq(instance_id: str) -> int:
+    return int(instance_id.removeprefix(INSTANCE_ID_PREFIX))
 
 
 def _boxes_intersect(

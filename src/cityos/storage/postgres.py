@@ -22,13 +22,40 @@ Design notes (why, not what):
   refused with a clear error instead of a driver failure (values may contain it).
 - The schema comes from ``migrations/postgres`` (:func:`upgrade_schema`); it is applied
   by ``cityos db upgrade`` or on start when asked, never silently.
+
+History (``temporal``, see :class:`cityos.storage.base.TemporalStorage`):
+- Rows go in the same statement as the entity write they record (more CTEs on the same
+  ``WITH``), so they commit or vanish with it. An update or delete needs the old document
+  to work out the changed instances in Python (:func:`changed_instances`, shared with the
+  other backends); it is read first and the write is conditional on the row version
+  read (``xmin``): if another writer got in between, the write matches nothing and is
+  retried against the new version. Two round trips, atomic without an explicit
+  transaction, and no history row computed against a stale document.
+- The table is range-partitioned by month of ``time``. Months are created on demand by
+  the write path (a process remembers which exist) and, for this month and the next,
+  when the storage opens, so a steady stream of live readings never waits for DDL.
+  Partitions are created with ``CREATE TABLE`` + ``ATTACH PARTITION`` on a separate
+  autocommit connection: ``CREATE TABLE ... PARTITION OF`` needs an ACCESS EXCLUSIVE lock
+  on the parent and would wait forever for the caller's own open transaction when that
+  has already written history; ATTACH needs only SHARE UPDATE EXCLUSIVE, which
+  concurrent readers and writers do not block, and they see the new partition at once.
+  No DEFAULT partition: a month attached later would have to move its rows out of it.
+- A btree on (entity, attribute, time, seq) (the primary key; the entity key ``tpk``
+  stands for (tenant, entity id)) answers per-entity range and ``lastN`` reads with one
+  ordered index scan per partition; BRIN on ``time`` is a few pages per partition and
+  serves time scans across entities such as retention.
+- ``time`` is ``timestamptz`` (exact millisecond arithmetic in SQL) so operators can read
+  partitions and rows as dates; ``dataset_id`` and ``deleted`` are copied out of the
+  document for the same-observation rule, which is applied in SQL.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,9 +64,20 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from cityos.broker.model import StoredEntity
+from cityos.broker.model import AttributeInstance, StoredEntity
 from cityos.core.errors import AlreadyExists, BadRequestData, ResourceNotFound
-from cityos.storage.base import DEFAULT_TENANT, AttributeUsage, EntityScan, index_rows
+from cityos.core.timeutil import now_iso
+from cityos.storage.base import (
+    DEFAULT_TENANT,
+    INSTANCE_ID_PREFIX,
+    AttributeUsage,
+    EntityScan,
+    HistoryRow,
+    HistoryScan,
+    changed_instances,
+    index_rows,
+    instance_time_ms,
+)
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
 
 Connection = psycopg.Connection[tuple[Any, ...]]  # Any: column values of any SQL type
@@ -48,6 +86,9 @@ _FIRST_SCAN_BATCH = 64
 _MAX_SCAN_BATCH = 4096
 _GEO_DOC_BATCH = 256
 _MIGRATION_LOCK = 0x63697479_6F73  # "cityos": one upgrader at a time per database
+_PARTITION_LOCK = 0x63697479  # with the month: one creator of a partition at a time
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PARTITION_NAME = re.compile(r"^temporal_y(\d{4})m(\d{2})$")
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -120,9 +161,65 @@ def drop_database(server_url: str, dbname: str) -> None:
         )
 
 
+# -- history partitions ---------------------------------------------------------------
+
+
+def month_of(time_ms: int) -> int:
+    """The UTC month ``time_ms`` falls in, as ``year * 12 + month - 1``."""
+    moment = _EPOCH + timedelta(milliseconds=time_ms)
+    return moment.year * 12 + moment.month - 1
+
+
+def history_partitions(conn: Connection) -> set[int]:
+    """The months (see :func:`month_of`) that have a history partition."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'temporal'::regclass"
+    ).fetchall()
+    months: set[int] = set()
+    for (name,) in rows:
+        match = _PARTITION_NAME.match(name)
+        if match is not None:
+            months.add(int(match.group(1)) * 12 + int(match.group(2)) - 1)
+    return months
+
+
+def create_history_partition(conn: Connection, month: int) -> bool:
+    """Create and attach the partition ``temporal_yYYYYmMM`` of ``month``; ``False`` if it
+    exists already.
+
+    ``conn`` must be an autocommit connection that holds no open transaction (see the
+    design notes on why this is a separate CREATE and ATTACH). Concurrent creators of the
+    same month wait for each other on an advisory lock; a lock wait longer than 30 s
+    raises instead of hanging the writer.
+    """
+    year, index = divmod(month, 12)
+    next_year, next_index = divmod(month + 1, 12)
+    name = f"temporal_y{year:04d}m{index + 1:02d}"
+    start = f"{year:04d}-{index + 1:02d}-01 00:00:00+00"
+    end = f"{next_year:04d}-{next_index + 1:02d}-01 00:00:00+00"
+    with conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '30s'")
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_PARTITION_LOCK, month))
+        found = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+        if found is not None and found[0] is not None:
+            return False
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE temporal INCLUDING DEFAULTS)").format(
+                sql.Identifier(name)
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE temporal ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(name), sql.Literal(start), sql.Literal(end)
+            )
+        )
+    return True
+
+
 # -- statements -----------------------------------------------------------------------
 
-_INSERT = """
+_INSERT_CTES = """
 WITH e AS (
     INSERT INTO entities (tenant, id, doc) VALUES (%(tenant)s, %(id)s, %(doc)s)
     ON CONFLICT (tenant, id) DO NOTHING RETURNING pk
@@ -141,7 +238,6 @@ WITH e AS (
            ST_SetSRID(ST_Force2D(ST_GeomFromGeoJSON(n.value)), 4326)
     FROM e, unnest(%(geo_attrs)s::text[], %(geo_values)s::text[]) AS n(attr, value)
 )
-SELECT pk FROM e
 """
 
 # Every CTE sees the snapshot from before the statement: the deletes remove only rows
@@ -150,9 +246,10 @@ SELECT pk FROM e
 # of the type, as it cannot drive an index lookup from a CTE's pk). ``pk = (SELECT pk
 # FROM e)`` is a scalar subquery on purpose: the pk becomes a parameter, so the by-pk
 # indexes are used even before ANALYZE has run (a join with ``e`` scanned whole tables).
-_UPDATE = """
+_UPDATE_CTES = """
 WITH e AS (
-    UPDATE entities SET doc = %(doc)s WHERE tenant = %(tenant)s AND id = %(id)s
+    UPDATE entities SET doc = %(doc)s
+    WHERE tenant = %(tenant)s AND id = %(id)s AND xmin = %(xmin)s::text::xid
     RETURNING pk
 ), new_types AS (
     SELECT unnest(%(types)s::text[]) AS type
@@ -190,12 +287,13 @@ WITH e AS (
         WHERE o.pk = (SELECT pk FROM e) AND o.attr = n.attr AND o.value = n.value
     )
 )
-SELECT pk FROM e
 """
 
-_DELETE = """
+_DELETE_CTES = """
 WITH e AS (
-    DELETE FROM entities WHERE tenant = %s AND id = %s RETURNING pk
+    DELETE FROM entities
+    WHERE tenant = %(tenant)s AND id = %(id)s AND xmin = %(xmin)s::text::xid
+    RETURNING pk
 ), t AS (
     DELETE FROM entity_types WHERE pk = (SELECT pk FROM e)
 ), a AS (
@@ -203,8 +301,54 @@ WITH e AS (
 ), g AS (
     DELETE FROM entity_geometries WHERE pk = (SELECT pk FROM e)
 )
-SELECT count(*) FROM e
 """
+
+# The temporal entity is upserted (an entity write keeps its last known types, as in
+# the other backends). ``h`` numbers the rows, materialised once because of nextval.
+# ``hr`` drops the stored rows each observation replaces; it cannot see ``hi``'s rows,
+# so a row replaced by a later one of the same batch is left out by ``keep`` instead.
+_HISTORY_CTES = """
+, te AS (
+    INSERT INTO temporal_entities (tenant, id, types)
+    SELECT %(tenant)s, %(id)s, %(history_types)s::text[] {source}
+    ON CONFLICT (tenant, id) DO UPDATE SET types = {types}
+    RETURNING tpk
+), h AS (
+    SELECT n.aid, 'epoch'::timestamptz + n.ms * interval '1 ms' AS time,
+           nextval('temporal_seq') AS seq, n.dataset_id, n.observed, n.deleted, n.keep,
+           n.doc, n.ord
+    FROM te, unnest(
+        %(h_aids)s::integer[], %(h_ms)s::bigint[], %(h_datasets)s::text[],
+        %(h_observed)s::boolean[], %(h_deleted)s::boolean[], %(h_keep)s::boolean[],
+        %(h_docs)s::bytea[]
+    ) WITH ORDINALITY AS n(aid, ms, dataset_id, observed, deleted, keep, doc, ord)
+), hr AS (
+    DELETE FROM temporal o USING h
+    WHERE h.observed AND o.tpk = (SELECT tpk FROM te) AND o.aid = h.aid
+      AND o.time = h.time AND o.dataset_id IS NOT DISTINCT FROM h.dataset_id
+      AND NOT o.deleted
+), hi AS (
+    INSERT INTO temporal (tpk, aid, time, seq, dataset_id, deleted, doc)
+    SELECT te.tpk, h.aid, h.time, h.seq, h.dataset_id, h.deleted, h.doc
+    FROM te, h WHERE h.keep
+)
+"""
+_ENTITY_HISTORY = _HISTORY_CTES.format(source="FROM e", types="EXCLUDED.types")
+
+_INSERT = _INSERT_CTES + _ENTITY_HISTORY + "SELECT pk FROM e"
+_UPDATE = _UPDATE_CTES + "SELECT pk FROM e"
+_UPDATE_WITH_HISTORY = _UPDATE_CTES + _ENTITY_HISTORY + "SELECT pk FROM e"
+_DELETE = _DELETE_CTES + "SELECT count(*) FROM e"
+_DELETE_WITH_HISTORY = _DELETE_CTES + _ENTITY_HISTORY + "SELECT count(*) FROM e"
+# Appending keeps the recorded types, like the SQLite backend; the no-op update makes
+# RETURNING give the tpk of an existing temporal entity.
+_APPEND = (
+    "WITH seed AS (SELECT 1)"
+    + _HISTORY_CTES.format(source="FROM seed", types="temporal_entities.types")
+    + "SELECT h.seq FROM h ORDER BY h.ord"
+)
+
+_READ_FOR_WRITE = "SELECT doc, xmin::text FROM entities WHERE tenant = %s AND id = %s"
 
 
 class PostgresStorage:
@@ -213,7 +357,8 @@ class PostgresStorage:
     Opening checks the schema version: with ``upgrade`` the pending migrations are
     applied, otherwise an out-of-date schema raises :class:`SchemaOutOfDateError` naming the
     command that fixes it. A database that cannot be reached raises
-    ``psycopg.OperationalError`` with the server's reason.
+    ``psycopg.OperationalError`` with the server's reason. Opening also creates the
+    history partitions of this month and the next (see the design notes).
     """
 
     def __init__(self, url: str, *, upgrade: bool = False, pool_size: int = 4) -> None:
@@ -237,6 +382,13 @@ class PostgresStorage:
         self._pinned: Connection | None = None
         self._pinned_thread = 0
         self._known_tenants: set[str] = {DEFAULT_TENANT}
+        with self._pool.connection() as conn:
+            self._partitions = history_partitions(conn)
+            self._attr_ids: dict[str, int] = dict(
+                conn.execute("SELECT iri, aid FROM temporal_attrs").fetchall()
+            )
+        now_ms = (datetime.now(UTC) - _EPOCH) // timedelta(milliseconds=1)
+        self.ensure_history_partitions({month_of(now_ms), month_of(now_ms) + 1})
 
     # -- connections and transactions -------------------------------------------------
 
@@ -420,24 +572,300 @@ class PostgresStorage:
     # -- writes -----------------------------------------------------------------------
 
     def insert(self, tenant: str, entity: StoredEntity) -> None:
+        now = entity.get("modifiedAt") or now_iso()
+        params = _write_params(tenant, entity)
+        params |= self._history_params(entity["type"], changed_instances(None, entity, now))
         with self._connection() as conn:
-            row = conn.execute(_INSERT, _write_params(tenant, entity)).fetchone()
+            row = conn.execute(_INSERT, params).fetchone()
         if row is None:
             raise AlreadyExists(f"Entity {entity['id']} already exists")
 
     def update(self, tenant: str, entity: StoredEntity) -> None:
-        with self._connection() as conn:
-            row = conn.execute(_UPDATE, _write_params(tenant, entity)).fetchone()
-        if row is None:
-            raise ResourceNotFound(f"Entity {entity['id']} not found")
+        params = _write_params(tenant, entity)
+        now = entity.get("modifiedAt") or now_iso()
+        while True:
+            old, params["xmin"] = self._read_for_write(tenant, entity["id"])
+            if old is None:
+                raise ResourceNotFound(f"Entity {entity['id']} not found")
+            rows = changed_instances(old, entity, now)
+            statement = _UPDATE
+            if rows or old["type"] != entity["type"]:
+                statement = _UPDATE_WITH_HISTORY
+                params |= self._history_params(entity["type"], rows)
+            with self._connection() as conn:
+                if conn.execute(statement, params).fetchone() is not None:
+                    return
+            # Another writer changed (or deleted) the entity since the read: retry.
 
     def delete(self, tenant: str, entity_id: str) -> bool:
+        while True:
+            old, xmin = self._read_for_write(tenant, entity_id)
+            if old is None:
+                return False
+            params: dict[str, object] = {"tenant": tenant, "id": entity_id, "xmin": xmin}
+            rows = changed_instances(old, None, now_iso())
+            statement = _DELETE
+            if rows:
+                statement = _DELETE_WITH_HISTORY
+                params |= self._history_params(old["type"], rows)
+            with self._connection() as conn:
+                row = conn.execute(statement, params).fetchone()
+            if row is not None and row[0]:
+                return True
+
+    def _read_for_write(self, tenant: str, entity_id: str) -> tuple[StoredEntity | None, str]:
+        """The stored entity and its row version (``xmin``) for a conditional write."""
         with self._connection() as conn:
-            row = conn.execute(_DELETE, (tenant, entity_id)).fetchone()
-        return bool(row and row[0])
+            row = conn.execute(_READ_FOR_WRITE, (tenant, entity_id)).fetchone()
+        return (None, "") if row is None else (orjson.loads(row[0]), row[1])
+
+    # -- history ----------------------------------------------------------------------
+
+    def ensure_history_partitions(self, months: set[int]) -> None:
+        """Make sure every month in ``months`` (see :func:`month_of`) has its partition.
+
+        Cheap when they are known to this process. Otherwise runs on its own pool
+        connection, never the caller's transaction (see the design notes).
+        """
+        missing = months - self._partitions
+        if not missing:
+            return
+        with self._pool.connection() as conn:
+            for month in sorted(missing):
+                create_history_partition(conn, month)
+                self._partitions.add(month)
+
+    def _attr_id(self, iris: set[str]) -> dict[str, int]:
+        """Attribute ids of ``iris``, registering new ones.
+
+        Registered on their own connection and committed at once: an id is only a name,
+        so one that outlives a rolled-back write is harmless, and the cache of this
+        process stays right whatever the caller's transaction does.
+        """
+        missing = sorted(iris - self._attr_ids.keys())
+        if missing:
+            with self._pool.connection() as conn:
+                conn.execute(
+                    "INSERT INTO temporal_attrs (iri) SELECT unnest(%s::text[]) "
+                    "ON CONFLICT (iri) DO NOTHING",
+                    (missing,),
+                )
+                self._attr_ids.update(
+                    conn.execute(
+                        "SELECT iri, aid FROM temporal_attrs WHERE iri = ANY(%s)", (missing,)
+                    ).fetchall()
+                )
+        return self._attr_ids
+
+    def _history_params(
+        self, types: list[str], rows: list[tuple[str, AttributeInstance]]
+    ) -> dict[str, object]:
+        """The ``h_*`` parameters of the history CTEs; creates what the rows need first
+        (partitions of their months, attribute ids)."""
+        times = [instance_time_ms(instance) for _, instance in rows]
+        self.ensure_history_partitions({month_of(time_ms) for time_ms in times})
+        aids = self._attr_id({attr_iri for attr_iri, _ in rows})
+        observation = [
+            (attr_iri, time_ms, instance.get("datasetId"))
+            if "observedAt" in instance and "deletedAt" not in instance
+            else None
+            for (attr_iri, instance), time_ms in zip(rows, times, strict=True)
+        ]
+        # A later observation of the same batch replaces an earlier one (not a marker),
+        # as if the rows had been appended one by one.
+        keep = []
+        for index, (attr_iri, instance) in enumerate(rows):
+            key = (attr_iri, times[index], instance.get("datasetId"))
+            replaced = "deletedAt" not in instance and key in observation[index + 1 :]
+            keep.append(not replaced)
+        return {
+            "history_types": types,
+            "h_aids": [aids[attr_iri] for attr_iri, _ in rows],
+            "h_ms": times,
+            "h_datasets": [instance.get("datasetId") for _, instance in rows],
+            "h_observed": ["observedAt" in instance for _, instance in rows],
+            "h_deleted": ["deletedAt" in instance for _, instance in rows],
+            "h_keep": keep,
+            "h_docs": [orjson.dumps(instance) for _, instance in rows],
+        }
+
+    def history(self, tenant: str, entity_id: str, scan: HistoryScan) -> list[HistoryRow]:
+        params: dict[str, object] = {
+            "tenant": tenant,
+            "id": entity_id,
+            "attrs": None if scan.attrs is None else sorted(scan.attrs),
+            "start": scan.start_ms,
+            "end": scan.end_ms,
+            "last_n": scan.last_n,
+        }
+        # Conditions are left out rather than made vacuous so that partition pruning
+        # and the index bounds see only real limits.
+        where = ["t.tpk = (SELECT tpk FROM te)"]
+        if scan.start_ms is not None:
+            where.append("t.time >= 'epoch'::timestamptz + %(start)s * interval '1 ms'")
+        if scan.end_ms is not None:
+            where.append("t.time < 'epoch'::timestamptz + %(end)s * interval '1 ms'")
+        entity = "WITH RECURSIVE te AS (SELECT tpk FROM temporal_entities "
+        entity += "WHERE tenant = %(tenant)s AND id = %(id)s)"
+        if scan.last_n is None:
+            if scan.attrs is not None:
+                where.append("a.iri = ANY(%(attrs)s::text[])")
+            query = (
+                f"{entity} SELECT a.iri, (extract(epoch FROM t.time) * 1000)::bigint, t.seq, "
+                "t.doc FROM temporal t JOIN temporal_attrs a ON a.aid = t.aid "
+                f"WHERE {' AND '.join(where)} ORDER BY a.iri, t.time, t.seq"
+            )
+        else:
+            if scan.attrs is not None:
+                attrs = "SELECT aid FROM temporal_attrs WHERE iri = ANY(%(attrs)s::text[])"
+            else:
+                # The entity's attributes by skipping from one to the next on the
+                # primary key: one probe per attribute, not a read of every row.
+                attrs = "SELECT aid FROM ea WHERE aid IS NOT NULL"
+                entity += (
+                    ", ea AS (SELECT (SELECT aid FROM temporal WHERE tpk = (SELECT tpk FROM te) "
+                    "ORDER BY aid LIMIT 1) AS aid UNION ALL SELECT (SELECT t.aid FROM temporal t "
+                    "WHERE t.tpk = (SELECT tpk FROM te) AND t.aid > ea.aid ORDER BY t.aid "
+                    "LIMIT 1) FROM ea WHERE ea.aid IS NOT NULL)"
+                )
+            where.append("t.aid = a.aid")
+            query = (
+                f"{entity} SELECT a.iri, r.ms, r.seq, r.doc FROM temporal_attrs a, LATERAL ("
+                "SELECT (extract(epoch FROM t.time) * 1000)::bigint AS ms, t.time, t.seq, t.doc "
+                f"FROM temporal t WHERE {' AND '.join(where)} "
+                "ORDER BY t.time DESC, t.seq DESC LIMIT %(last_n)s) r "
+                f"WHERE a.aid IN ({attrs}) ORDER BY a.iri, r.time, r.seq"
+            )
+        with self._connection() as conn:
+            rows = conn.execute(query, params, binary=True).fetchall()
+        return [
+            HistoryRow(iri, int(time_ms), f"{INSTANCE_ID_PREFIX}{seq}", orjson.loads(doc))
+            for iri, time_ms, seq, doc in rows
+        ]
+
+    def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT types FROM temporal_entities WHERE tenant = %s AND id = %s",
+                (tenant, entity_id),
+            ).fetchone()
+        return None if row is None else list(row[0])
+
+    def append_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        types: list[str],
+        rows: list[tuple[str, AttributeInstance]],
+    ) -> list[str]:
+        params: dict[str, object] = {"tenant": tenant, "id": entity_id}
+        params |= self._history_params(types, rows)
+        with self._connection() as conn:
+            seqs = conn.execute(_APPEND, params).fetchall()
+        return [f"{INSTANCE_ID_PREFIX}{seq}" for (seq,) in seqs]
+
+    def delete_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str | None = None,
+        *,
+        dataset_id: str | None = None,
+        all_datasets: bool = True,
+    ) -> int:
+        entity = "tpk = (SELECT tpk FROM temporal_entities WHERE tenant = %s AND id = %s)"
+        with self._connection() as conn:
+            if attr_iri is None:
+                row = conn.execute(
+                    "WITH te AS (DELETE FROM temporal_entities WHERE tenant = %s AND id = %s "
+                    "RETURNING tpk), d AS (DELETE FROM temporal WHERE tpk = (SELECT tpk FROM te) "
+                    "RETURNING 1) SELECT (SELECT count(*) FROM te), (SELECT count(*) FROM d)",
+                    (tenant, entity_id),
+                ).fetchone()
+                assert row is not None
+                return int(row[1]) + 1 if row[0] else 0
+            params: list[object] = [tenant, entity_id, attr_iri]
+            query = (
+                f"DELETE FROM temporal WHERE {entity} "
+                "AND aid = (SELECT aid FROM temporal_attrs WHERE iri = %s)"
+            )
+            if not all_datasets:
+                query += " AND dataset_id IS NOT DISTINCT FROM %s"
+                params.append(dataset_id)
+            return conn.execute(query, params).rowcount
+
+    def replace_history_instance(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        instance_id: str,
+        instance: AttributeInstance,
+    ) -> bool:
+        seq = _instance_seq(instance_id)
+        if seq is None:
+            return False
+        time_ms = instance_time_ms(instance)
+        self.ensure_history_partitions({month_of(time_ms)})
+        # An UPDATE that changes ``time`` moves the row to its new month's partition.
+        with self._connection() as conn:
+            return (
+                conn.execute(
+                    f"UPDATE temporal SET time = 'epoch'::timestamptz + %s * interval '1 ms', "
+                    f"dataset_id = %s, deleted = %s, doc = %s WHERE {_INSTANCE}",
+                    (
+                        time_ms,
+                        instance.get("datasetId"),
+                        "deletedAt" in instance,
+                        orjson.dumps(instance),
+                        tenant,
+                        entity_id,
+                        attr_iri,
+                        seq,
+                    ),
+                ).rowcount
+                > 0
+            )
+
+    def delete_history_instance(
+        self, tenant: str, entity_id: str, attr_iri: str, instance_id: str
+    ) -> bool:
+        seq = _instance_seq(instance_id)
+        if seq is None:
+            return False
+        with self._connection() as conn:
+            cursor = conn.execute(
+                f"DELETE FROM temporal WHERE {_INSTANCE}", (tenant, entity_id, attr_iri, seq)
+            )
+            return cursor.rowcount > 0
+
+    def expire_history(self, type_iri: str, before_ms: int) -> int:
+        # The time bound prunes whole partitions that are too new; the type decides
+        # which entities' rows go, so no partition can simply be dropped.
+        with self._connection() as conn:
+            return conn.execute(
+                "DELETE FROM temporal t USING temporal_entities e "
+                "WHERE e.tpk = t.tpk AND %s = ANY(e.types) "
+                "AND t.time < 'epoch'::timestamptz + %s * interval '1 ms'",
+                (type_iri, before_ms),
+            ).rowcount
 
     def close(self) -> None:
         self._pool.close()
+
+
+_INSTANCE = (
+    "tpk = (SELECT tpk FROM temporal_entities WHERE tenant = %s AND id = %s) "
+    "AND aid = (SELECT aid FROM temporal_attrs WHERE iri = %s) AND seq = %s"
+)
+
+
+def _instance_seq(instance_id: str) -> int | None:
+    """The ``seq`` an instance id names, or ``None`` when it names none of ours."""
+    tail = instance_id.removeprefix(INSTANCE_ID_PREFIX)
+    if tail == instance_id or not tail.isdigit() or int(tail) >= 2**63:
+        return None
+    return int(tail)
 
 
 def _write_params(tenant: str, entity: StoredEntity) -> dict[str, object]:

@@ -8,6 +8,15 @@ Design notes (why, not what):
 - The schema comes from ``migrations/sqlite`` (:func:`upgrade_schema`), applied on open.
 - Documents are orjson bytes; index tables carry the tenant so every index lookup
   is tenant-scoped without a join.
+- History (``temporal``) is a WITHOUT ROWID table whose primary key is
+  (entity, attribute, time, seq): the rows of one attribute of one entity are stored
+  together in time order, so a time range or a "last N" read is one B-tree seek and a
+  contiguous scan, with no separate index to maintain on the write path. Entity ids and
+  attribute IRIs are replaced by small integers (``temporal_entities``,
+  ``temporal_attrs``) because they repeat in every row: a 60-byte IRI per row would
+  triple the table at tens of millions of rows. ``seq`` makes instances unique (and
+  is the instance id); finding an instance by id scans its attribute's rows, which
+  is acceptable for the rare single-instance edits.
 """
 
 from __future__ import annotations
@@ -20,14 +29,20 @@ from pathlib import Path
 
 import orjson
 
-from cityos.broker.model import StoredEntity
+from cityos.broker.model import AttributeInstance, StoredEntity
 from cityos.core.errors import AlreadyExists, BadRequestData, ResourceNotFound
+from cityos.core.timeutil import now_iso
 from cityos.storage.base import (
     DEFAULT_TENANT,
+    INSTANCE_ID_PREFIX,
     AttributeUsage,
     EntityScan,
+    HistoryRow,
+    HistoryScan,
     IndexRows,
+    changed_instances,
     index_rows,
+    instance_time_ms,
 )
 from cityos.storage.migrations import load_migrations
 
@@ -90,6 +105,9 @@ class SqliteStorage:
         # An embedded file has one user, so it is always brought up to date on open.
         upgrade_schema(db)
         self._tenants = {row[0] for row in db.execute("SELECT name FROM tenants")}
+        self._attr_ids: dict[str, int] = dict(db.execute("SELECT iri, aid FROM temporal_attrs"))
+        self._attr_iris = {aid: iri for iri, aid in self._attr_ids.items()}
+        self._next_seq = 1 + (db.execute("SELECT max(seq) FROM temporal").fetchone()[0] or 0)
 
     # -- transactions ---------------------------------------------------------------
 
@@ -106,6 +124,9 @@ class SqliteStorage:
                 self._depth -= 1
                 if outermost:
                     self._db.execute("ROLLBACK")
+                    # Attribute ids assigned in the rolled-back transaction are gone too.
+                    self._attr_ids = dict(self._db.execute("SELECT iri, aid FROM temporal_attrs"))
+                    self._attr_iris = {aid: iri for iri, aid in self._attr_ids.items()}
                 raise
             self._depth -= 1
             if outermost:
@@ -275,6 +296,11 @@ class SqliteStorage:
             pk = cursor.lastrowid
             assert pk is not None
             self._write_index(tenant, pk, index_rows(entity), None)
+            self._record(
+                tenant,
+                entity,
+                changed_instances(None, entity, entity.get("modifiedAt") or now_iso()),
+            )
             if tenant not in self._tenants:
                 self._db.execute("INSERT OR IGNORE INTO tenants VALUES (?)", (tenant,))
                 self._tenants.add(tenant)
@@ -287,8 +313,11 @@ class SqliteStorage:
             if row is None:
                 raise ResourceNotFound(f"Entity {entity['id']} not found")
             pk, old_doc = row
+            old = orjson.loads(old_doc)
             self._db.execute("UPDATE entities SET doc = ? WHERE pk = ?", (orjson.dumps(entity), pk))
-            self._write_index(tenant, pk, index_rows(entity), index_rows(orjson.loads(old_doc)))
+            self._write_index(tenant, pk, index_rows(entity), index_rows(old))
+            now = entity.get("modifiedAt") or now_iso()
+            self._record(tenant, entity, changed_instances(old, entity, now), old["type"])
 
     def delete(self, tenant: str, entity_id: str) -> bool:
         with self.transaction():
@@ -298,10 +327,12 @@ class SqliteStorage:
             if row is None:
                 return False
             pk, doc = row
+            old = orjson.loads(doc)
             self._db.execute("DELETE FROM entities WHERE pk = ?", (pk,))
             self._db.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))
             self._db.execute("DELETE FROM entity_attrs WHERE pk = ?", (pk,))
-            self._delete_boxes(pk, len(index_rows(orjson.loads(doc)).boxes))
+            self._delete_boxes(pk, len(index_rows(old).boxes))
+            self._record(tenant, old, changed_instances(old, None, now_iso()), old["type"])
             return True
 
     def _write_index(self, tenant: str, pk: int, new: IndexRows, old: IndexRows | None) -> None:
@@ -349,5 +380,273 @@ class SqliteStorage:
             [(pk * GEO_SLOTS + slot,) for slot in range(count)],
         )
 
+    # -- temporal history -------------------------------------------------------------
+
+    def _record(
+        self,
+        tenant: str,
+        entity: StoredEntity,
+        rows: list[tuple[str, AttributeInstance]],
+        old_types: list[str] | None = None,
+    ) -> None:
+        """Append history rows of an entity write (inside the caller's transaction).
+
+        The temporal entity row is written only when the entity is new to history or its
+        types changed, so a plain attribute update costs one INSERT per changed instance.
+        """
+        types: list[str] = entity["type"]
+        if not rows and old_types == types:
+            return
+        tpk = self._temporal_pk(tenant, entity["id"], types, types_changed=old_types != types)
+        self._insert_rows(tpk, rows)
+
+    def _temporal_pk(
+        self, tenant: str, entity_id: str, types: list[str], *, types_changed: bool
+    ) -> int:
+        row = self._db.execute(
+            "SELECT tpk FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+        ).fetchone()
+        if row is None:
+            cursor = self._db.execute(
+                "INSERT INTO temporal_entities (tenant, id, types) VALUES (?, ?, ?)",
+                (tenant, entity_id, orjson.dumps(types)),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+        if types_changed:
+            self._db.execute(
+                "UPDATE temporal_entities SET types = ? WHERE tpk = ?",
+                (orjson.dumps(types), row[0]),
+            )
+        return int(row[0])
+
+    def _find_tpk(self, tenant: str, entity_id: str) -> int | None:
+        row = self._db.execute(
+            "SELECT tpk FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _attr_id(self, iri: str) -> int:
+        aid = self._attr_ids.get(iri)
+        if aid is None:
+            self._db.execute("INSERT OR IGNORE INTO temporal_attrs (iri) VALUES (?)", (iri,))
+            aid = int(
+                self._db.execute("SELECT aid FROM temporal_attrs WHERE iri = ?", (iri,)).fetchone()[
+                    0
+                ]
+            )
+            self._attr_ids[iri] = aid
+            self._attr_iris[aid] = iri
+        return aid
+
+    def _insert_rows(self, tpk: int, rows: list[tuple[str, AttributeInstance]]) -> list[str]:
+        ids = []
+        for attr_iri, instance in rows:
+            seq = self._next_seq
+            self._next_seq += 1
+            aid = self._attr_id(attr_iri)
+            time_ms = instance_time_ms(instance)
+            if "observedAt" in instance:
+                self._delete_same_observation(tpk, aid, time_ms, instance.get("datasetId"))
+            # Inserted one by one: a later row of the same batch may replace an earlier one.
+            self._db.execute(
+                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc) VALUES (?, ?, ?, ?, ?)",
+                (tpk, aid, time_ms, seq, orjson.dumps(instance)),
+            )
+            ids.append(f"{INSTANCE_ID_PREFIX}{seq}")
+        return ids
+
+    def _delete_same_observation(
+        self, tpk: int, aid: int, time_ms: int, dataset_id: str | None
+    ) -> None:
+        """Drop the row this observation replaces: one seek on the primary key."""
+        for seq, doc in self._db.execute(
+            "SELECT seq, doc FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ?",
+            (tpk, aid, time_ms),
+        ).fetchall():
+            old = orjson.loads(doc)
+            if old.get("datasetId") == dataset_id and "deletedAt" not in old:
+                self._db.execute(
+                    "DELETE FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?",
+                    (tpk, aid, time_ms, seq),
+                )
+
+    def _entity_attr_ids(self, tpk: int) -> list[int]:
+        """The attributes with history, by skipping from one attribute's rows to the next
+        (one seek each; a DISTINCT would read every row of the entity)."""
+        aids: list[int] = []
+        last = -1
+        while True:
+            row = self._db.execute(
+                "SELECT aid FROM temporal WHERE tpk = ? AND aid > ? ORDER BY aid LIMIT 1",
+                (tpk, last),
+            ).fetchone()
+            if row is None:
+                return aids
+            last = int(row[0])
+            aids.append(last)
+
+    def history(self, tenant: str, entity_id: str, scan: HistoryScan) -> list[HistoryRow]:
+        tpk = self._find_tpk(tenant, entity_id)
+        if tpk is None:
+            return []
+        if scan.attrs is not None:
+            aids = sorted(self._attr_ids[iri] for iri in scan.attrs if iri in self._attr_ids)
+        else:
+            aids = self._entity_attr_ids(tpk)
+        start = scan.start_ms if scan.start_ms is not None else -(2**62)
+        end = scan.end_ms if scan.end_ms is not None else 2**62
+        out: list[HistoryRow] = []
+        for aid in aids:
+            iri = self._attr_iris[aid]
+            if scan.last_n is None:
+                rows = self._db.execute(
+                    "SELECT time_ms, seq, doc FROM temporal WHERE tpk = ? AND aid = ? "
+                    "AND time_ms >= ? AND time_ms < ? ORDER BY time_ms, seq",
+                    (tpk, aid, start, end),
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT time_ms, seq, doc FROM temporal WHERE tpk = ? AND aid = ? "
+                    "AND time_ms >= ? AND time_ms < ? ORDER BY time_ms DESC, seq DESC LIMIT ?",
+                    (tpk, aid, start, end, scan.last_n),
+                ).fetchall()
+                rows.reverse()
+            out.extend(
+                HistoryRow(iri, time_ms, f"{INSTANCE_ID_PREFIX}{seq}", orjson.loads(doc))
+                for time_ms, seq, doc in rows
+            )
+        return out
+
+    def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:
+        row = self._db.execute(
+            "SELECT types FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+        ).fetchone()
+        return None if row is None else list(orjson.loads(row[0]))
+
+    def append_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        types: list[str],
+        rows: list[tuple[str, AttributeInstance]],
+    ) -> list[str]:
+        with self.transaction():
+            tpk = self._temporal_pk(tenant, entity_id, types, types_changed=False)
+            return self._insert_rows(tpk, rows)
+
+    def delete_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str | None = None,
+        *,
+        dataset_id: str | None = None,
+        all_datasets: bool = True,
+    ) -> int:
+        with self.transaction():
+            tpk = self._find_tpk(tenant, entity_id)
+            if tpk is None:
+                return 0
+            if attr_iri is None:
+                count = self._db.execute("DELETE FROM temporal WHERE tpk = ?", (tpk,)).rowcount
+                self._db.execute("DELETE FROM temporal_entities WHERE tpk = ?", (tpk,))
+                return count + 1
+            aid = self._attr_ids.get(attr_iri)
+            if aid is None:
+                return 0
+            if all_datasets:
+                return int(
+                    self._db.execute(
+                        "DELETE FROM temporal WHERE tpk = ? AND aid = ?", (tpk, aid)
+                    ).rowcount
+                )
+            doomed = [
+                (time_ms, seq)
+                for time_ms, seq, doc in self._db.execute(
+                    "SELECT time_ms, seq, doc FROM temporal WHERE tpk = ? AND aid = ?", (tpk, aid)
+                ).fetchall()
+                if orjson.loads(doc).get("datasetId") == dataset_id
+            ]
+            self._db.executemany(
+                "DELETE FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?",
+                [(tpk, aid, time_ms, seq) for time_ms, seq in doomed],
+            )
+            return len(doomed)
+
+    def _locate(
+        self, tenant: str, entity_id: str, attr_iri: str, instance_id: str
+    ) -> tuple[int, int, int, int] | None:
+        """(tpk, aid, time_ms, seq) of an instance, or ``None``."""
+        seq = _instance_seq(instance_id)
+        tpk = self._find_tpk(tenant, entity_id)
+        aid = self._attr_ids.get(attr_iri)
+        if seq is None or tpk is None or aid is None:
+            return None
+        row = self._db.execute(
+            "SELECT time_ms FROM temporal WHERE tpk = ? AND aid = ? AND seq = ?", (tpk, aid, seq)
+        ).fetchone()
+        return None if row is None else (tpk, aid, int(row[0]), seq)
+
+    def replace_history_instance(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        instance_id: str,
+        instance: AttributeInstance,
+    ) -> bool:
+        with self.transaction():
+            found = self._locate(tenant, entity_id, attr_iri, instance_id)
+            if found is None:
+                return False
+            tpk, aid, time_ms, seq = found
+            self._db.execute(
+                "DELETE FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?",
+                (tpk, aid, time_ms, seq),
+            )
+            self._db.execute(
+                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc) VALUES (?, ?, ?, ?, ?)",
+                (tpk, aid, instance_time_ms(instance), seq, orjson.dumps(instance)),
+            )
+            return True
+
+    def delete_history_instance(
+        self, tenant: str, entity_id: str, attr_iri: str, instance_id: str
+    ) -> bool:
+        with self.transaction():
+            found = self._locate(tenant, entity_id, attr_iri, instance_id)
+            if found is None:
+                return False
+            self._db.execute(
+                "DELETE FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?", found
+            )
+            return True
+
+    def expire_history(self, type_iri: str, before_ms: int) -> int:
+        type_json = orjson.dumps(type_iri).decode()
+        tpks = [
+            tpk
+            for tpk, types in self._db.execute("SELECT tpk, types FROM temporal_entities")
+            if type_json in types.decode() and type_iri in orjson.loads(types)
+        ]
+        count = 0
+        with self.transaction():
+            for tpk in tpks:
+                # One range delete per attribute keeps each on the clustered key.
+                for aid in self._entity_attr_ids(tpk):
+                    count += self._db.execute(
+                        "DELETE FROM temporal WHERE tpk = ? AND aid = ? AND time_ms < ?",
+                        (tpk, aid, before_ms),
+                    ).rowcount
+        return count
+
     def close(self) -> None:
         self._db.close()
+
+
+def _instance_seq(instance_id: str) -> int | None:
+    tail = instance_id.removeprefix(INSTANCE_ID_PREFIX)
+    if tail == instance_id or not tail.isdigit():
+        return None
+    return int(tail)

@@ -248,7 +248,7 @@ async def query_post(request: Request) -> Response:
     data = strip_context(body.data)
     if not isinstance(data, dict) or data.get("type") != "Query":
         raise BadRequestData("The body must be a Query object with type 'Query'")
-    query = _query_from_body(data, ctx, request)
+    query = query_from_body(data, ctx, request)
     options = _body_render_options(data, request, ctx)
     join = _body_join(data, request)
     check_public_read(
@@ -302,7 +302,7 @@ def _body_join(data: dict[str, Any], request: Request) -> JoinRequest | None:
     return join_request(_body_params(data, request, ("join", "joinLevel")))
 
 
-def _query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Request) -> EntityQuery:
+def query_from_body(data: dict[str, Any], ctx: CompiledContext, request: Request) -> EntityQuery:
     selectors: list[EntitySelector] = []
     for raw in data.get("entities") or []:
         if not isinstance(raw, dict):

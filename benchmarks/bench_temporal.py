@@ -1,0 +1,307 @@
+"""Temporal API latency over a river-gauge history, with a same-run plain SQL baseline.
+
+Scenario (issue: temporal API): gauges report a level every 10 minutes; the full scale
+is 1,000 gauges for one year (about 52 million instances). The history is seeded
+directly through the storage layer (``TemporalStorage.append_history``, one month of one
+gauge per batch), then a real ``cityos serve`` process answers, under load from wrk (a
+separate process) on loopback:
+
+- one gauge, one attribute, one calendar month, ``aggrMethods=avg,max`` per hour
+  (``aggrPeriodDuration=PT1H``): target p95 <= 50 ms;
+- one gauge, ``lastN=144`` (one day): target p95 <= 20 ms.
+
+Each figure is printed next to a plain SQL range scan reading the same rows from the
+same file in this process (``SELECT time_ms, doc ... WHERE tpk=? AND aid=? AND time_ms
+BETWEEN ...``), p95 over the same kind of random picks, and their ratio.
+
+Each gauge holds up to a year of 10-minute readings, so a smaller ``--instances`` uses
+fewer gauges, not shorter histories: the per-query work is the same as at full scale.
+
+    .venv/bin/python benchmarks/bench_temporal.py --instances 500000
+    .venv/bin/python benchmarks/bench_temporal.py --instances 52560000   # full scale
+
+Needs ``wrk`` (Debian: ``apt-get install -y wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from cityos.storage.base import DEFAULT_TENANT
+from cityos.storage.sqlite import SqliteStorage
+
+HERE = Path(__file__).resolve().parent
+console = Console()
+
+STEP = timedelta(minutes=10)
+PER_YEAR = 52_560
+START = datetime(2025, 1, 1, tzinfo=UTC)
+GAUGE_TYPE = "https://smartdatamodels.org/dataModel.Environment/WaterObserved"
+LEVEL = "https://smartdatamodels.org/dataModel.Environment/height"
+CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
+PORT = 8921
+
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  io.write(string.format("JSON{\\"requests\\":%d,\\"seconds\\":%f,\\"errors\\":%d,"
+    .. "\\"non2xx\\":%d,\\"p50_ms\\":%f,\\"p95_ms\\":%f}\\n",
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout, summary.errors.status,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000))
+end
+"""
+
+
+def gauge_id(n: int) -> str:
+    return f"urn:ngsi-ld:WaterObserved:gauge-{n:04d}"
+
+
+def seed(path: Path, gauges: int, per_gauge: int) -> None:
+    """Write ``gauges`` entities and ``per_gauge`` level readings each through the storage."""
+    storage = SqliteStorage(path)
+    rng = random.Random(7)
+    now = START.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    batch = 4320  # about one month of 10-minute readings
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("seeding instances", total=gauges * per_gauge)
+        for g in range(gauges):
+            entity_id = gauge_id(g)
+            storage.insert(
+                DEFAULT_TENANT,
+                {
+                    "id": entity_id,
+                    "type": [GAUGE_TYPE],
+                    "createdAt": now,
+                    "modifiedAt": now,
+                    "attrs": {},
+                },
+            )
+            level = rng.uniform(0.5, 3.0)
+            for first in range(0, per_gauge, batch):
+                rows = []
+                for i in range(first, min(first + batch, per_gauge)):
+                    level = max(0.0, level + rng.gauss(0, 0.02))
+                    at = (START + i * STEP).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    rows.append(
+                        (LEVEL, {"type": "Property", "value": round(level, 3), "observedAt": at})
+                    )
+                storage.append_history(DEFAULT_TENANT, entity_id, [GAUGE_TYPE], rows)
+                progress.advance(task, len(rows))
+    storage.close()
+
+
+def month_bounds(month: int) -> tuple[datetime, datetime]:
+    start = START.replace(month=month)
+    end = start.replace(month=month + 1) if month < 12 else start.replace(year=start.year + 1)
+    return start, end
+
+
+def sql_baseline(path: Path, gauges: int, months: int, picks: int) -> dict[str, float]:
+    """p95 ms of plain SQL reads of the rows each scenario reads (same file, same run)."""
+    db = sqlite3.connect(path)
+    rng = random.Random(11)
+    aid = db.execute("SELECT aid FROM temporal_attrs WHERE iri = ?", (LEVEL,)).fetchone()[0]
+    tpks = dict(db.execute("SELECT id, tpk FROM temporal_entities"))
+    month_ms: list[float] = []
+    last_ms: list[float] = []
+    for _ in range(picks):
+        tpk = tpks[gauge_id(rng.randrange(gauges))]
+        start, end = month_bounds(rng.randint(1, months))
+        began = time.perf_counter()
+        rows = db.execute(
+            "SELECT time_ms, doc FROM temporal WHERE tpk = ? AND aid = ? "
+            "AND time_ms >= ? AND time_ms < ?",
+            (tpk, aid, int(start.timestamp() * 1000), int(end.timestamp() * 1000)),
+        ).fetchall()
+        month_ms.append((time.perf_counter() - began) * 1000)
+        assert rows
+        began = time.perf_counter()
+        db.execute(
+            "SELECT time_ms, doc FROM temporal WHERE tpk = ? AND aid = ? "
+            "ORDER BY time_ms DESC LIMIT 144",
+            (tpk, aid),
+        ).fetchall()
+        last_ms.append((time.perf_counter() - began) * 1000)
+    db.close()
+    return {"month": p95(month_ms), "lastN": p95(last_ms)}
+
+
+def p95(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=20)[-1]
+
+
+def lua(gauges: int, months: int, kind: str) -> str:
+    """A wrk script asking for a random gauge (and month) per request."""
+    header = (
+        f'wrk.headers["Link"] = "<{CONTEXT}>; rel=\\"http://www.w3.org/ns/json-ld#context\\""\n'
+    )
+    ids = "math.randomseed(42)\n"
+    if kind == "month":
+        bounds = [month_bounds(m) for m in range(1, months + 1)]
+        starts = ",".join(f'"{s.strftime("%Y-%m-%dT%H:%M:%SZ")}"' for s, _ in bounds)
+        ends = ",".join(f'"{e.strftime("%Y-%m-%dT%H:%M:%SZ")}"' for _, e in bounds)
+        return (
+            header
+            + ids
+            + f"starts = {{{starts}}}\nends = {{{ends}}}\n"
+            + "request = function()\n"
+            + f"  local g = math.random(0, {gauges - 1})\n"
+            + f"  local m = math.random(1, {months})\n"
+            + "  return wrk.format('GET', string.format('/ngsi-ld/v1/temporal/entities/"
+            + "urn:ngsi-ld:WaterObserved:gauge-%04d?attrs="
+            + LEVEL.replace(":", "%%3A")
+            + "&timerel=between&timeAt=%s&endTimeAt=%s&options=aggregatedValues"
+            + "&aggrMethods=avg,max&aggrPeriodDuration=PT1H', g, starts[m], ends[m]))\n"
+            + "end\n"
+        )
+    return (
+        header
+        + ids
+        + "request = function()\n"
+        + f"  local g = math.random(0, {gauges - 1})\n"
+        + "  return wrk.format('GET', string.format('/ngsi-ld/v1/temporal/entities/"
+        + "urn:ngsi-ld:WaterObserved:gauge-%04d?attrs="
+        + LEVEL.replace(":", "%%3A")
+        + "&lastN=144', g))\n"
+        + "end\n"
+    )
+
+
+def wrk(url: str, script: str, *, seconds: int, connections: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script + WRK_REPORT)
+        path = handle.name
+    try:
+        result = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                path,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        os.unlink(path)
+    match = re.search(r"JSON(\{.*\})", result.stdout)
+    if match is None:
+        raise RuntimeError(f"wrk gave no report:\n{result.stdout}\n{result.stderr}")
+    data: dict[str, float] = json.loads(match.group(1))
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instances", type=int, default=5_000_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--data-dir", type=Path, default=None, help="keep the seeded data here")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install -y wrk")
+    gauges = max(1, min(1000, round(args.instances / PER_YEAR)))
+    per_gauge = args.instances // gauges
+    months = max(1, min(12, per_gauge * 10 // (31 * 24 * 60)))
+    console.print(
+        f"{gauges} gauges x {per_gauge:,} readings = {gauges * per_gauge:,} instances "
+        f"({months} whole months each)"
+    )
+    with tempfile.TemporaryDirectory(prefix="cityos-bench-temporal-") as tmp:
+        data_dir = args.data_dir or Path(tmp)
+        path = data_dir / "cityos.sqlite3"
+        began = time.perf_counter()
+        if not path.exists():
+            seed(path, gauges, per_gauge)
+        seed_s = time.perf_counter() - began
+        console.print(f"seeded in {seed_s:.1f} s ({gauges * per_gauge / seed_s:,.0f} rows/s)")
+        baseline = sql_baseline(path, gauges, months, 500)
+        env = {**os.environ, "CITYOS_AUTH": "off", "PYTHONPATH": str(HERE.parent / "src")}
+        cityos = str(Path(sys.executable).parent / "cityos")
+        cmd = [cityos, "serve", "--port", str(PORT), "--data-dir", str(data_dir)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        base = f"http://127.0.0.1:{PORT}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(base + "/health", timeout=1)
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            results = {
+                kind: wrk(
+                    base,
+                    lua(gauges, months, kind),
+                    seconds=args.seconds,
+                    connections=args.connections,
+                )
+                for kind in ("month", "lastN")
+            }
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=15)
+    table = Table(title=f"Temporal API, {gauges * per_gauge:,} instances, c={args.connections}")
+    for column in (
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "target",
+        "SQL p95 ms",
+        "ratio",
+        "errors",
+    ):
+        table.add_column(column)
+    targets = {"month": 50.0, "lastN": 20.0}
+    names = {"month": "1 month avg,max per PT1H", "lastN": "lastN=144"}
+    for kind, data in results.items():
+        table.add_row(
+            names[kind],
+            f"{data['requests'] / data['seconds']:.0f}",
+            f"{data['p50_ms']:.2f}",
+            f"{data['p95_ms']:.2f}",
+            f"<= {targets[kind]:.0f}",
+            f"{baseline[kind]:.3f}",
+            f"{data['p95_ms'] / baseline[kind]:.1f}x",
+            f"{data['errors'] + data['non2xx']:.0f}",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
