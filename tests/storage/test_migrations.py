@@ -6,12 +6,14 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from cityos.cli import app
 from cityos.storage import postgres, sqlite
+from cityos.storage.base import HistoryScan
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
 from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
@@ -35,6 +37,27 @@ def test_postgres_upgrades_from_the_first_schema_to_the_newest(
         assert postgres.schema_version(conn) == latest_version("postgres")
         assert postgres.upgrade_schema(conn) == []
     PostgresStorage(url).close()
+
+
+def test_postgres_entity_stored_before_history_gets_history_from_its_next_update(
+    new_postgres_database: Callable[[], str],
+) -> None:
+    url = new_postgres_database()
+    entity = {"id": "urn:old", "type": ["urn:T"], "attrs": {"urn:a": [{"value": 1}]}}
+    with psycopg.connect(url, autocommit=True) as conn:
+        postgres.upgrade_schema(conn, target=1)
+        conn.execute(
+            "INSERT INTO entities (tenant, id, doc) VALUES ('', 'urn:old', %s)",
+            (orjson.dumps(entity),),
+        )
+    storage = PostgresStorage(url, upgrade=True)
+    try:
+        assert storage.history("", "urn:old", HistoryScan()) == []
+        storage.update("", {**entity, "attrs": {"urn:a": [{"value": 2}]}})
+        rows = storage.history("", "urn:old", HistoryScan())
+    finally:
+        storage.close()
+    assert [row.instance["value"] for row in rows] == [2]
 
 
 def test_postgres_storage_refuses_an_out_of_date_schema_unless_asked_to_upgrade(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import orjson
 import psycopg
 import pytest
 
@@ -102,3 +103,57 @@ def test_a_nul_character_in_a_value_round_trips(storage: PostgresStorage) -> Non
 def test_an_unreachable_server_raises_the_drivers_reason() -> None:
     with pytest.raises(psycopg.OperationalError):
         PostgresStorage("postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2")
+
+
+def observed(value: float, at: str) -> tuple[str, dict[str, object]]:
+    return TEMP, {"type": "Property", "value": value, "observedAt": at}
+
+
+def partition_of_rows(url: str) -> dict[float, str]:
+    """Which partition holds each history row, by the row's value."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tableoid::regclass::text, doc FROM temporal").fetchall()
+    return {orjson.loads(doc)["value"]: name for name, doc in rows}
+
+
+def test_history_rows_land_in_the_partition_of_their_month(
+    storage: PostgresStorage, url: str
+) -> None:
+    storage.append_history(
+        DEFAULT_TENANT,
+        "urn:h",
+        [T],
+        [observed(1, "2031-01-31T23:59:59.999Z"), observed(2, "2031-02-01T00:00:00Z")],
+    )
+    assert partition_of_rows(url) == {1: "temporal_y2031m01", 2: "temporal_y2031m02"}
+
+
+def test_a_month_without_partition_is_created_inside_an_open_transaction(
+    storage: PostgresStorage, url: str
+) -> None:
+    # The transaction holds the history table when the second month first appears:
+    # creating its partition must not wait for the transaction (it would wait forever).
+    with storage.transaction():
+        storage.append_history(DEFAULT_TENANT, "urn:h", [T], [observed(1, "2033-03-01T00:00:00Z")])
+        storage.append_history(DEFAULT_TENANT, "urn:h", [T], [observed(2, "2033-04-01T00:00:00Z")])
+    assert partition_of_rows(url) == {1: "temporal_y2033m03", 2: "temporal_y2033m04"}
+
+
+def test_a_second_process_finds_the_partitions_of_the_first(
+    storage: PostgresStorage, url: str
+) -> None:
+    storage.append_history(DEFAULT_TENANT, "urn:h", [T], [observed(1, "2035-06-01T00:00:00Z")])
+    other = PostgresStorage(url)
+    try:
+        other.append_history(DEFAULT_TENANT, "urn:h", [T], [observed(2, "2035-06-02T00:00:00Z")])
+    finally:
+        other.close()
+    assert set(partition_of_rows(url).values()) == {"temporal_y2035m06"}
+
+
+def test_a_nul_character_in_a_dataset_id_is_refused(storage: PostgresStorage) -> None:
+    attr, instance = observed(1, "2031-01-01T00:00:00Z")
+    with pytest.raises(BadRequestData, match="U\\+0000"):
+        storage.append_history(
+            DEFAULT_TENANT, "urn:h", [T], [(attr, {**instance, "datasetId": "urn:a\x00"})]
+        )

@@ -662,6 +662,8 @@ class PostgresStorage:
     ) -> dict[str, object]:
         """The ``h_*`` parameters of the history CTEs; creates what the rows need first
         (partitions of their months, attribute ids)."""
+        datasets = [instance.get("datasetId") for _, instance in rows]
+        _refuse_nul([*types, *(attr_iri for attr_iri, _ in rows), *filter(None, datasets)])
         times = [instance_time_ms(instance) for _, instance in rows]
         self.ensure_history_partitions({month_of(time_ms) for time_ms in times})
         aids = self._attr_id({attr_iri for attr_iri, _ in rows})
@@ -682,7 +684,7 @@ class PostgresStorage:
             "history_types": types,
             "h_aids": [aids[attr_iri] for attr_iri, _ in rows],
             "h_ms": times,
-            "h_datasets": [instance.get("datasetId") for _, instance in rows],
+            "h_datasets": datasets,
             "h_observed": ["observedAt" in instance for _, instance in rows],
             "h_deleted": ["deletedAt" in instance for _, instance in rows],
             "h_keep": keep,
@@ -758,6 +760,7 @@ class PostgresStorage:
         types: list[str],
         rows: list[tuple[str, AttributeInstance]],
     ) -> list[str]:
+        _refuse_nul([tenant, entity_id])
         params: dict[str, object] = {"tenant": tenant, "id": entity_id}
         params |= self._history_params(types, rows)
         with self._connection() as conn:
@@ -868,12 +871,16 @@ def _instance_seq(instance_id: str) -> int | None:
     return int(tail)
 
 
+def _refuse_nul(names: list[str]) -> None:
+    """Raise ``BadRequestData`` if a name bound for a text column contains U+0000."""
+    if any("\x00" in name for name in names):
+        raise BadRequestData("Ids, types, attribute names and datasetIds cannot contain U+0000")
+
+
 def _write_params(tenant: str, entity: StoredEntity) -> dict[str, object]:
     """The parameters of ``_INSERT`` and ``_UPDATE`` for ``entity``."""
     rows = index_rows(entity)
-    names = (tenant, entity["id"], *rows.types, *(attr for attr, _ in rows.attrs))
-    if any("\x00" in name for name in names):
-        raise BadRequestData("Ids, types and attribute names cannot contain U+0000")
+    _refuse_nul([tenant, entity["id"], *rows.types, *(attr for attr, _ in rows.attrs)])
     attrs = sorted(rows.attrs)
     geometries = sorted(
         {
