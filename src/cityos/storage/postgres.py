@@ -307,6 +307,9 @@ WITH e AS (
 # the other backends). ``h`` numbers the rows, materialised once because of nextval.
 # ``hr`` drops the stored rows each observation replaces; it cannot see ``hi``'s rows,
 # so a row replaced by a later one of the same batch is left out by ``keep`` instead.
+# Its bounds (attributes and time span of the batch's observations) are redundant with
+# the join but let the planner prune partitions and seek the primary key: without them
+# it hash-joins the entity's whole history for every batch.
 _HISTORY_CTES = """
 , te AS (
     INSERT INTO temporal_entities (tenant, id, types)
@@ -327,6 +330,9 @@ _HISTORY_CTES = """
     WHERE h.observed AND o.tpk = (SELECT tpk FROM te) AND o.aid = h.aid
       AND o.time = h.time AND o.dataset_id IS NOT DISTINCT FROM h.dataset_id
       AND NOT o.deleted
+      AND o.aid = ANY(%(h_observed_aids)s::integer[])
+      AND o.time >= 'epoch'::timestamptz + %(h_observed_from)s * interval '1 ms'
+      AND o.time <= 'epoch'::timestamptz + %(h_observed_to)s * interval '1 ms'
 ), hi AS (
     INSERT INTO temporal (tpk, aid, time, seq, dataset_id, deleted, doc)
     SELECT te.tpk, h.aid, h.time, h.seq, h.dataset_id, h.deleted, h.doc
@@ -680,8 +686,12 @@ class PostgresStorage:
             key = (attr_iri, times[index], instance.get("datasetId"))
             replaced = "deletedAt" not in instance and key in observation[index + 1 :]
             keep.append(not replaced)
+        observed_times = [key[1] for key in observation if key is not None]
         return {
             "history_types": types,
+            "h_observed_aids": sorted({aids[key[0]] for key in observation if key is not None}),
+            "h_observed_from": min(observed_times, default=None),
+            "h_observed_to": max(observed_times, default=None),
             "h_aids": [aids[attr_iri] for attr_iri, _ in rows],
             "h_ms": times,
             "h_datasets": datasets,
