@@ -333,7 +333,13 @@ def measure(
             baseline = postgres_baseline(database, gauges, months, 500)
         else:
             baseline = sql_baseline(path, gauges, months, 500)
-        env = {**os.environ, "CITYOS_AUTH": "off", "PYTHONPATH": str(HERE.parent / "src")}
+        env = {
+            **os.environ,
+            "CITYOS_AUTH": "off",
+            "PYTHONPATH": str(HERE.parent / "src"),
+            # lastN=144 must come back whole, as before temporal pagination existed.
+            "CITYOS_TEMPORAL_INSTANCE_LIMIT": "1000",
+        }
         cityos = str(Path(sys.executable).parent / "cityos")
         cmd = [cityos, "serve", "--port", str(PORT), "--data-dir", str(data_dir)]
         if database:

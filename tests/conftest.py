@@ -137,6 +137,7 @@ def server(
             upgrade_on_start=True,
             auth="off",
             max_body_bytes=200_000,
+            temporal_instance_limit=10,
         )
     )
     yield running

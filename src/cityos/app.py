@@ -18,7 +18,7 @@ from starlette.routing import Match
 
 from cityos import __version__
 from cityos.api.auth import ApiKeyMiddleware
-from cityos.api.ngsild import batch, contexts, discovery, entities, temporal
+from cityos.api.ngsild import batch, contexts, discovery, entities, subscriptions, temporal
 from cityos.api.ngsild.common import TrailingSlashMiddleware
 from cityos.api.problems import (
     handle_cityos_error,
@@ -28,7 +28,10 @@ from cityos.api.problems import (
 from cityos.broker.changes import ObservedStorage
 from cityos.broker.context import ContextResolver, core_context_body
 from cityos.broker.context_store import PersistentContextStore
+from cityos.broker.notifier import Notifier
 from cityos.broker.service import ContextBroker
+from cityos.broker.subscription_service import SubscriptionService
+from cityos.broker.subscriptions import SubscriptionRegistry
 from cityos.broker.temporal import TemporalBroker, retention_from_settings
 from cityos.core import errors
 from cityos.core.timeutil import datetime_ms, now_iso
@@ -39,6 +42,7 @@ from cityos.storage.documents import SqliteDocumentTable
 from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.postgres import PostgresStorage, is_postgres_url
 from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.subscriptions import SqliteSubscriptionStore
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         core = await resolver.resolve(None)
+        await subscription_service.load(resolver.resolve)
+        await notifier.start()
         app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
         retention_task = None
         if settings.retention:
@@ -162,6 +168,8 @@ def create_app(
             retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retention_task
+        await notifier.stop()
+        subscription_store.close()
         store.close()
         keys.close()
         contexts_table.close()
@@ -177,7 +185,17 @@ def create_app(
     observed = ObservedStorage(store)
     app.state.storage = observed
     app.state.broker = ContextBroker(observed, max_limit=settings.max_page_limit)
-    app.state.temporal = TemporalBroker(app.state.broker, store)
+    app.state.temporal = TemporalBroker(
+        app.state.broker, store, instance_limit=settings.temporal_instance_limit
+    )
+    subscription_store = SqliteSubscriptionStore(
+        settings.sqlite_path.with_name("subscriptions.sqlite3")
+    )
+    registry = SubscriptionRegistry()
+    notifier = Notifier(subscription_store, registry, app.state.broker)
+    subscription_service = SubscriptionService(subscription_store, registry, notifier)
+    observed.add_listener(notifier.on_changes)
+    app.state.subscriptions = subscription_service
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
     app.state.keys = keys
@@ -192,7 +210,7 @@ def create_app(
         """200 ``{"status": "ok"}`` once the server is ready."""
         return JSONResponse({"status": "ok"})
 
-    for module in (entities, batch, discovery, contexts, temporal):
+    for module in (entities, batch, discovery, contexts, subscriptions, temporal):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)

@@ -60,6 +60,16 @@ class Settings(BaseSettings):
             "everything."
         ),
     )
+    temporal_instance_limit: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "Temporal pagination (NGSI-LD §6.3.10): the most instances per attribute one "
+            "temporal response returns; more are cut with 206 Partial Content and a "
+            "Content-Range header. The ETSI conformance suite expects a limit between 5 and 19 "
+            "(run it with CITYOS_TEMPORAL_INSTANCE_LIMIT=10)."
+        ),
+    )
     retention_interval_s: float = Field(
         default=3600.0, description="How often the retention task deletes expired history."
     )

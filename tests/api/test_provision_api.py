@@ -164,12 +164,21 @@ def test_update_does_not_add_a_scope(client: httpx.Client, uid: str) -> None:
     assert "scope" not in get(client, entity_id)
 
 
-def test_update_does_not_add_attributes(client: httpx.Client, uid: str) -> None:
+def test_update_appends_attributes_the_entity_lacks(client: httpx.Client, uid: str) -> None:
+    """NGSI-LD 5.6.2.4: a non-matching attribute "shall be appended to the target Entity"."""
     entity_id = create(client, building(uid, name=NAME))
     response = client.patch(f"/entities/{entity_id}/attrs/", json={"name": "x", "other": 1})
+    assert response.status_code == 204
+    assert get(client, entity_id)["other"] == {"type": "Property", "value": 1}
+
+
+def test_update_reports_a_null_for_a_missing_instance(client: httpx.Client, uid: str) -> None:
+    entity_id = create(client, building(uid, name=NAME))
+    response = client.patch(
+        f"/entities/{entity_id}/attrs/", json={"other": {"type": "Property", "value": NULL}}
+    )
     assert response.status_code == 207
-    assert response.json()["updated"] == ["name"]
-    assert "other" not in get(client, entity_id)
+    assert response.json()["notUpdated"][0]["attributeName"] == "other"
 
 
 def test_update_deletes_an_attribute_given_as_ngsild_null(client: httpx.Client, uid: str) -> None:

@@ -13,6 +13,7 @@ from cityos.core.errors import AlreadyExists, ResourceNotFound
 from cityos.storage.base import (
     DEFAULT_TENANT,
     NULL,
+    SCOPE_IRI,
     EntityScan,
     HistoryScan,
     Storage,
@@ -318,3 +319,93 @@ def test_same_observation_replaces_its_history_row(storage: TemporalStorage) -> 
         DEFAULT_TENANT, "urn:h", [T], [(TEMP, observed(2, "2026-01-01T00:01:00Z"))]
     )
     assert sorted(values(storage, HistoryScan())) == [2, 5]
+
+
+def test_aggregate_history_summarises_numeric_rows_per_period(storage: TemporalStorage) -> None:
+    # Minutes 0..5, values 0,1,2,3,4,4; periods of 2 minutes from minute 0.
+    rows = [(TEMP, observed(n if n < 5 else 4, f"2026-01-01T00:0{n}:00Z")) for n in range(6)]
+    storage.append_history(DEFAULT_TENANT, "urn:h", [T], rows)
+    start = 1767225600000  # 2026-01-01T00:00:00Z
+    summary = storage.aggregate_history(
+        DEFAULT_TENANT, "urn:h", TEMP, start, None, 120_000, distinct=True
+    )
+    assert summary is not None
+    assert (summary.origin_ms, summary.period_ms) == (start, 120_000)
+    assert [
+        (b.index, b.count, b.total, b.total_sq, b.minimum, b.maximum, b.distinct)
+        for b in summary.buckets
+    ] == [
+        (0, 2, 1.0, 1.0, 0.0, 1.0, 2),
+        (1, 2, 5.0, 13.0, 2.0, 3.0, 2),
+        (2, 2, 8.0, 32.0, 4.0, 4.0, 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"type": "Property", "value": "high"},
+        {"type": "Property", "value": 2.0, "datasetId": "urn:ds"},
+        {"type": "Property", "value": True},
+    ],
+)
+def test_aggregate_history_declines_ranges_with_other_rows(
+    storage: TemporalStorage, odd: dict[str, Any]
+) -> None:
+    rows = [(TEMP, observed(1.0, "2026-01-01T00:00:00Z"))]
+    rows.append((TEMP, {**odd, "observedAt": "2026-01-01T00:01:00Z"}))
+    storage.append_history(DEFAULT_TENANT, "urn:h", [T], rows)
+    assert (
+        storage.aggregate_history(DEFAULT_TENANT, "urn:h", TEMP, None, None, None, distinct=False)
+        is None
+    )
+
+
+def test_aggregate_history_of_an_empty_range_is_none(storage: TemporalStorage) -> None:
+    storage.append_history(
+        DEFAULT_TENANT, "urn:h", [T], [(TEMP, observed(1.0, "2026-01-01T00:00:00Z"))]
+    )
+    assert (
+        storage.aggregate_history(DEFAULT_TENANT, "urn:h", TEMP, 0, 1000, None, distinct=False)
+        is None
+    )
+
+
+def test_aggregate_history_follows_a_replaced_instance(storage: TemporalStorage) -> None:
+    ids_ = storage.append_history(
+        DEFAULT_TENANT, "urn:h", [T], [(TEMP, observed(1.0, "2026-01-01T00:00:00Z"))]
+    )
+    text = {"type": "Property", "value": "high", "observedAt": "2026-01-01T00:00:00Z"}
+    assert storage.replace_history_instance(DEFAULT_TENANT, "urn:h", TEMP, ids_[0], text)
+    args = (DEFAULT_TENANT, "urn:h", TEMP, None, None, None)
+    assert storage.aggregate_history(*args, distinct=False) is None
+    number = observed(4.0, "2026-01-01T00:00:00Z")
+    assert storage.replace_history_instance(DEFAULT_TENANT, "urn:h", TEMP, ids_[0], number)
+    summary = storage.aggregate_history(*args, distinct=False)
+    assert summary is not None
+    assert [(b.count, b.total) for b in summary.buckets] == [(1, 4.0)]
+
+
+def test_aggregate_history_without_period_is_one_bucket_to_the_end(
+    storage: TemporalStorage,
+) -> None:
+    rows = [(TEMP, observed(n, f"2026-01-01T00:0{n}:00Z")) for n in range(3)]
+    storage.append_history(DEFAULT_TENANT, "urn:h", [T], rows)
+    first = 1767225600000  # 2026-01-01T00:00:00Z
+    summary = storage.aggregate_history(
+        DEFAULT_TENANT, "urn:h", TEMP, None, first + 600_000, None, distinct=False
+    )
+    assert summary is not None
+    assert (summary.origin_ms, summary.period_ms) == (first, 600_000)
+    assert [(b.index, b.count, b.maximum, b.distinct) for b in summary.buckets] == [
+        (0, 3, 2.0, None)
+    ]
+
+
+def test_scope_changes_are_history(storage: TemporalStorage) -> None:
+    storage.insert(DEFAULT_TENANT, {**entity("urn:h"), "scope": ["/a"]})
+    storage.update(DEFAULT_TENANT, {**entity("urn:h"), "scope": ["/a", "/b"]})
+    storage.update(DEFAULT_TENANT, entity("urn:h"))
+    rows = storage.history(DEFAULT_TENANT, "urn:h", HistoryScan(attrs=frozenset({SCOPE_IRI})))
+    assert [row.instance["value"] for row in rows] == [["/a"], ["/a", "/b"], []]
+    assert "deletedAt" in rows[2].instance

@@ -82,10 +82,19 @@ def _kept(member: str, options: RenderOptions) -> bool:
 def render_attribute(
     instances: list[AttributeInstance], compact: CompactIri, options: RenderOptions
 ) -> Any:  # Any: JSON value
-    """Render an attribute: one instance as an object, several as a list."""
+    """Render an attribute: one instance as an object, several as a list.
+
+    In keyValues, several instances become ``{"dataset": {datasetId: value}}`` with
+    ``@none`` for the default instance (NGSI-LD 4.5.3), so no value is lost.
+    """
     if options.format == "keyValues":
-        chosen = next((i for i in instances if "datasetId" not in i), instances[0])
-        return key_value(chosen, compact, options.lang)
+        if len(instances) == 1:
+            return key_value(instances[0], compact, options.lang)
+        return {
+            "dataset": {
+                i.get("datasetId", "@none"): key_value(i, compact, options.lang) for i in instances
+            }
+        }
     rendered = [render_instance(i, compact, options) for i in instances]
     return rendered[0] if len(rendered) == 1 else rendered
 

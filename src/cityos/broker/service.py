@@ -263,9 +263,10 @@ class ContextBroker:
     def update_attributes(
         self, tenant: str, entity_id: str, payload: dict[str, Any], expand: ExpandTerm
     ) -> UpdateResult:
-        """Update existing attributes (NGSI-LD 5.6.2): replace the matching instances,
-        delete those given as NGSI-LD null. Attributes (and scope) the entity does not have
-        are not added but reported as not updated; types are added."""
+        """Update attributes (NGSI-LD 5.6.2): replace the instances with matching datasetIds,
+        append those the entity does not have, delete those given as NGSI-LD null. Types
+        are added; a scope replaces an existing one and is reported as not updated when the
+        entity has none."""
         now = now_iso()
         edit = _parse_entity_edit(payload, expand, now, entity_id, fragments=False)
         entity = self.retrieve_entity(tenant, entity_id)
@@ -280,28 +281,28 @@ class ContextBroker:
                 result.not_updated.append((SCOPE_IRI, "the entity has no scope to update"))
         attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
         for iri, changes in edit.attrs.items():
-            existing = attrs.get(iri)
-            if not existing:
-                result.not_updated.append((iri, "attribute does not exist"))
-                continue
-            replaced = False
+            existing = attrs.setdefault(iri, [])
+            applied = False
             for change in changes:
                 target = _find_instance(existing, change.dataset_id)
-                if target is None:
-                    continue
                 if change.instance is None:
-                    existing.remove(target)
+                    if target is not None:
+                        existing.remove(target)
+                        applied = True
+                elif target is None:
+                    existing.append(change.instance)
+                    applied = True
                 else:
                     change.instance["createdAt"] = target.get("createdAt", now)
                     existing[existing.index(target)] = change.instance
-                replaced = True
+                    applied = True
             if not existing:
                 del attrs[iri]
-            if replaced:
+            if applied:
                 result.updated.append(iri)
                 changed = True
             else:
-                result.not_updated.append((iri, "no instance with that datasetId"))
+                result.not_updated.append((iri, "no such instance to delete"))
         if changed:
             entity["modifiedAt"] = now
             self.storage.update(tenant, entity)
@@ -405,12 +406,7 @@ class ContextBroker:
 
     def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         """Entities matching ``query`` in insertion order, one page of it."""
-        if query.limit > self.max_limit:
-            raise TooManyResults(
-                f"limit {query.limit} is over the maximum of {self.max_limit} per page"
-            )
-        if not self.storage.tenant_exists(tenant):
-            raise NonexistentTenant(f"Tenant {tenant!r} does not exist")
+        self._check_query(tenant, query)
         if query.order_by is not None:
             # Ordering needs every match before the first page can be cut.
             matches = list(self._matching(tenant, query))
@@ -429,6 +425,25 @@ class ContextBroker:
             if total >= wanted and not query.count:
                 break
         return QueryResult(page, total if query.count else None)
+
+    def matching_entities(self, tenant: str, query: EntityQuery) -> Iterator[StoredEntity]:
+        """Every entity matching ``query``, in its order (``order_by`` or insertion),
+        ignoring ``limit``/``offset``: for callers that filter further before paging
+        (the temporal API drops entities with no instance in the time range)."""
+        self._check_query(tenant, query)
+        if query.order_by is None:
+            return self._matching(tenant, query)
+        matches = list(self._matching(tenant, query))
+        query.order_by.sort(matches)
+        return iter(matches)
+
+    def _check_query(self, tenant: str, query: EntityQuery) -> None:
+        if query.limit > self.max_limit:
+            raise TooManyResults(
+                f"limit {query.limit} is over the maximum of {self.max_limit} per page"
+            )
+        if not self.storage.tenant_exists(tenant):
+            raise NonexistentTenant(f"Tenant {tenant!r} does not exist")
 
     def _matching(self, tenant: str, query: EntityQuery) -> Iterator[StoredEntity]:
         # The scan may only narrow by a criterion every selector shares; the exact

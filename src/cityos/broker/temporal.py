@@ -17,6 +17,14 @@ temporal API needs on top:
   otherwise at the attribute's first instance; empty periods are left out. ``stddev`` is
   the sample standard deviation (0 for one value). Numeric methods ignore non-numbers;
   ``min``/``max`` also order strings.
+- Temporal pagination (§6.3.10): at most ``instance_limit`` instances per attribute are
+  returned (``lastN`` larger than the limit is cut to it too). When any attribute is cut,
+  the whole response is cut at one instant so that no instance is missing inside the
+  range it claims: ascending from the start without ``lastN`` (the range ends at the
+  earliest last instance of a cut attribute), descending from the end with ``lastN``
+  (the range ends at the latest first instance of a cut attribute). An attribute left
+  with nothing stays in the response as empty, so clients see it continues in the next
+  range. Aggregated values are never cut: they summarise the whole range.
 - Durations: ISO 8601 ``PnYnMnWnDTnHnMnS``; a year is 365 days and a month 30 days, since
   a period must have one length whatever month it starts in.
 """
@@ -49,7 +57,14 @@ from cityos.broker.representation import RenderOptions, render_instance
 from cityos.broker.service import ContextBroker, EntityQuery
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.core.timeutil import datetime_ms, format_ms, now_iso, parse_datetime
-from cityos.storage.base import HistoryRow, HistoryScan, TemporalStorage, instance_time_ms
+from cityos.storage.base import (
+    AggregatedHistory,
+    HistoryBucket,
+    HistoryRow,
+    HistoryScan,
+    TemporalStorage,
+    instance_time_ms,
+)
 
 CompactIri = Callable[[str], str]
 
@@ -313,9 +328,13 @@ def render_temporal_entity(
     options: RenderOptions,
     fmt: TemporalFormat,
     query: TemporalQuery,
+    emptied: tuple[str, ...] = (),
+    aggregated: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One entity's temporal representation (§4.5.7 normalized, §4.5.9 simplified,
-    §4.5.19 aggregated); attributes with no selected instance are left out."""
+    §4.5.19 aggregated); attributes with no selected instance are left out, except the
+    ``emptied`` ones (cut by temporal pagination), which are shown empty. ``aggregated``
+    items (aggregated by storage) are shown as they are."""
     out: dict[str, Any] = {}
     if _kept("id", options):
         out["id"] = entity_id
@@ -335,6 +354,14 @@ def render_temporal_entity(
             out[name] = _one_or_many(_aggregated(attr_rows, fmt.aggregation, query))
         else:
             out[name] = [_normalized(row, compact, options) for row in attr_rows]
+    for attr_iri, item in (aggregated or {}).items():
+        if _kept(attr_iri, options):
+            out[compact(attr_iri)] = item
+    for attr_iri in emptied:
+        if _kept(attr_iri, options) and attr_iri not in grouped:
+            out[compact(attr_iri)] = (
+                {"type": "Property", "values": []} if fmt.name == "temporalValues" else []
+            )
     return out
 
 
@@ -428,12 +455,62 @@ def _aggregated(
     return out
 
 
+def aggregated_item(summary: AggregatedHistory, methods: tuple[str, ...]) -> dict[str, Any]:
+    """The aggregated representation of one attribute from storage's period summaries;
+    the same results as :func:`aggregate` on the values (``stddev`` from sums: sample
+    standard deviation, 0 for one value)."""
+    item: dict[str, Any] = {"type": "Property"}
+    bounds = [
+        (
+            format_time(summary.origin_ms + b.index * summary.period_ms),
+            format_time(summary.origin_ms + (b.index + 1) * summary.period_ms),
+        )
+        for b in summary.buckets
+    ]
+    for method in methods:
+        item[method] = [
+            [_bucket_result(method, bucket), *bound]
+            for bucket, bound in zip(summary.buckets, bounds, strict=True)
+        ]
+    return item
+
+
+def _bucket_result(method: str, bucket: HistoryBucket) -> float | int:
+    if method == "totalCount":
+        return bucket.count
+    if method == "distinctCount":
+        assert bucket.distinct is not None
+        return bucket.distinct
+    if method == "sum":
+        return bucket.total
+    if method == "avg":
+        return bucket.total / bucket.count
+    if method == "min":
+        return bucket.minimum
+    if method == "max":
+        return bucket.maximum
+    if method == "sumsq":
+        return bucket.total_sq
+    if bucket.count < 2:
+        return 0.0
+    variance = (bucket.total_sq - bucket.total * bucket.total / bucket.count) / (bucket.count - 1)
+    return math.sqrt(max(variance, 0.0))
+
+
 def aggregate(method: str, values: list[Any]) -> Any:  # Any: JSON value
     """One aggregation method over the values of a period; ``None`` when it does not apply."""
     if method == "totalCount":
         return len(values)
     if method == "distinctCount":
-        return len({orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values})
+        # Numbers count by value (1 and 1.0 are one value), as storage counts them.
+        return len(
+            {
+                float(v)
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                else orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+                for v in values
+            }
+        )
     numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if method in ("min", "max"):
         if numbers:
@@ -460,11 +537,85 @@ def aggregate(method: str, values: list[Any]) -> Any:  # Any: JSON value
 
 @dataclass
 class TemporalEntityData:
-    """An entity's selected history: its type IRIs and rows."""
+    """An entity's selected history: its type IRIs and rows, and the attributes that
+    temporal pagination emptied (rendered as empty, not left out)."""
 
     entity_id: str
     types: list[str]
     rows: list[HistoryRow]
+    emptied: tuple[str, ...] = ()
+    aggregated: dict[str, dict[str, Any]] | None = None
+    """Aggregated items per attribute IRI, when storage aggregated (then ``rows`` is
+    empty)."""
+
+
+@dataclass(frozen=True)
+class TemporalRange:
+    """The time range a cut response covers (§6.3.10): ``start_ms`` is where the reading
+    started (the later end with ``lastN``), ``end_ms`` where it was cut; ``size`` is
+    ``lastN`` (``None`` when unknown)."""
+
+    start_ms: int
+    end_ms: int
+    size: int | None
+
+    def content_range(self) -> str:
+        """The ``Content-Range`` header value: ``date-time <start>-<end>/<size or *>``."""
+        size = "*" if self.size is None else str(self.size)
+        return f"date-time {format_time(self.start_ms)}-{format_time(self.end_ms)}/{size}"
+
+
+@dataclass
+class TemporalPage:
+    """One page of a temporal query: the entities, the total when counted, and the
+    time range when temporal pagination cut the instances."""
+
+    entities: list[TemporalEntityData]
+    total: int | None = None
+    cut: TemporalRange | None = None
+
+
+def paginate(
+    entities: list[TemporalEntityData], query: TemporalQuery, limit: int
+) -> TemporalRange | None:
+    """Cut the entities' rows to at most ``limit`` per attribute, at one common instant
+    (see the module notes); ``None`` when nothing had to be cut (rows left untouched).
+
+    Expects the rows of each attribute in ascending time, as ``select_rows`` gives them.
+    """
+    descending = query.last_n is not None
+    groups: list[tuple[TemporalEntityData, str, list[tuple[int, HistoryRow]]]] = []
+    bounds: list[int] = []
+    for data in entities:
+        by_attr: dict[str, list[tuple[int, HistoryRow]]] = {}
+        for row in data.rows:
+            time_ms = row_time_ms(row, query.timeproperty)
+            by_attr.setdefault(row.attr_iri, []).append((time_ms or row.time_ms, row))
+        for attr_iri, timed in by_attr.items():
+            if len(timed) > limit:
+                timed = timed[-limit:] if descending else timed[:limit]
+                bounds.append(timed[0][0] if descending else timed[-1][0])
+            groups.append((data, attr_iri, timed))
+    if not bounds:
+        return None
+    bound = max(bounds) if descending else min(bounds)
+    kept_times: list[int] = []
+    for data in entities:
+        data.rows = []
+    emptied: dict[int, list[str]] = {}
+    for data, attr_iri, timed in groups:
+        kept = [(t, r) for t, r in timed if (t >= bound if descending else t <= bound)]
+        if not kept:
+            emptied.setdefault(id(data), []).append(attr_iri)
+        data.rows.extend(row for _, row in kept)
+        kept_times.extend(t for t, _ in kept)
+    for data in entities:
+        data.emptied = tuple(emptied.get(id(data), ()))
+    if descending:
+        start = query.end_ms if query.end_ms is not None else max(kept_times)
+        return TemporalRange(start, bound, query.last_n)
+    start = query.start_ms if query.start_ms is not None else min(kept_times)
+    return TemporalRange(start, bound, None)
 
 
 class TemporalBroker:
@@ -474,9 +625,12 @@ class TemporalBroker:
     them and the backend records their history); history-only edits go to ``history``.
     """
 
-    def __init__(self, broker: ContextBroker, history: TemporalStorage) -> None:
+    def __init__(
+        self, broker: ContextBroker, history: TemporalStorage, *, instance_limit: int = 10
+    ) -> None:
         self.broker = broker
         self.history = history
+        self.instance_limit = instance_limit
 
     # -- provision --
 
@@ -624,18 +778,29 @@ class TemporalBroker:
         attrs: frozenset[str] | None,
         query: TemporalQuery,
         dataset_ids: frozenset[str] | None,
-    ) -> TemporalEntityData:
-        """One entity's selected history (§5.7.3); 404 when it has none, or none of
-        ``attrs``."""
+        *,
+        aggregation: Aggregation | None = None,
+    ) -> tuple[TemporalEntityData, TemporalRange | None]:
+        """One entity's selected history (§5.7.3) and, when temporal pagination cut it,
+        the range returned; 404 when the entity has no history, or none of ``attrs``.
+        With ``aggregation`` nothing is cut, and storage aggregates when it can."""
         check_entity_id(entity_id)
         self.broker.check_tenant(tenant)
         types = self.history.temporal_types(tenant, entity_id)
         if types is None:
             raise ResourceNotFound(f"Temporal entity {entity_id} not found")
+        if aggregation is not None:
+            items = self._aggregate_in_storage(
+                tenant, entity_id, attrs, query, dataset_ids, aggregation
+            )
+            if items is not None:
+                return TemporalEntityData(entity_id, types, [], aggregated=items), None
         rows, selected = read_history(self.history, tenant, entity_id, attrs, query, dataset_ids)
         if attrs is not None and not rows:
             raise ResourceNotFound(f"Entity {entity_id} has no history of the attributes asked")
-        return TemporalEntityData(entity_id, types, selected)
+        data = TemporalEntityData(entity_id, types, selected)
+        cut = paginate([data], query, self.instance_limit) if aggregation is None else None
+        return data, cut
 
     def query(
         self,
@@ -643,17 +808,77 @@ class TemporalBroker:
         entity_query: EntityQuery,
         query: TemporalQuery,
         dataset_ids: frozenset[str] | None,
-    ) -> tuple[list[TemporalEntityData], int | None]:
-        """Entities matching ``entity_query`` (on their current state) with their selected
-        history (§5.7.4), one page; and the total when counted."""
-        result = self.broker.query_entities(tenant, entity_query)
-        found = []
-        for entity in result.entities:
-            _, selected = read_history(
-                self.history, tenant, entity["id"], entity_query.attrs, query, dataset_ids
+        *,
+        aggregation: Aggregation | None = None,
+    ) -> TemporalPage:
+        """Entities matching ``entity_query`` (on their current state) that have an
+        instance selected by ``query``, with that history (§5.7.4): one page of them, the
+        total when counted, and the range when temporal pagination cut the instances
+        (never with ``aggregation``).
+
+        Entities without a selected instance are no match, so they are dropped *before*
+        ``offset``/``limit`` apply: a page is short only at the end of the results.
+        """
+        found: list[TemporalEntityData] = []
+        total = 0
+        wanted = entity_query.offset + entity_query.limit
+        for entity in self.broker.matching_entities(tenant, entity_query):
+            data = None
+            if aggregation is not None:
+                items = self._aggregate_in_storage(
+                    tenant, entity["id"], entity_query.attrs, query, dataset_ids, aggregation
+                )
+                if items is not None:
+                    data = TemporalEntityData(entity["id"], entity["type"], [], aggregated=items)
+            if data is None:
+                _, selected = read_history(
+                    self.history, tenant, entity["id"], entity_query.attrs, query, dataset_ids
+                )
+                if not selected:
+                    continue
+                data = TemporalEntityData(entity["id"], entity["type"], selected)
+            if entity_query.offset <= total < wanted:
+                found.append(data)
+            total += 1
+            if total >= wanted and not entity_query.count:
+                break
+        cut = paginate(found, query, self.instance_limit) if aggregation is None else None
+        return TemporalPage(found, total if entity_query.count else None, cut)
+
+    def _aggregate_in_storage(
+        self,
+        tenant: str,
+        entity_id: str,
+        attrs: frozenset[str] | None,
+        query: TemporalQuery,
+        dataset_ids: frozenset[str] | None,
+        aggregation: Aggregation,
+    ) -> dict[str, dict[str, Any]] | None:
+        """Aggregated items per attribute computed by storage, or ``None`` when the query
+        needs the general path: other time properties, ``lastN``, datasetIds, attributes
+        not named (their list would need a read), or rows that are not plain numbers."""
+        if (
+            query.timeproperty != "observedAt"
+            or query.last_n is not None
+            or dataset_ids is not None
+            or attrs is None
+        ):
+            return None
+        items: dict[str, dict[str, Any]] = {}
+        for attr_iri in sorted(attrs):
+            summary = self.history.aggregate_history(
+                tenant,
+                entity_id,
+                attr_iri,
+                query.start_ms,
+                query.end_ms,
+                aggregation.period_ms,
+                distinct="distinctCount" in aggregation.methods,
             )
-            found.append(TemporalEntityData(entity["id"], entity["type"], selected))
-        return found, result.total
+            if summary is None:
+                return None
+            items[attr_iri] = aggregated_item(summary, aggregation.methods)
+        return items
 
     # -- retention --
 

@@ -125,6 +125,77 @@ class HistoryScan:
     last_n: int | None = None
 
 
+@dataclass(frozen=True)
+class HistoryBucket:
+    """The numeric summary of one aggregation period: period ``index`` counted from the
+    origin, how many values, their sum, sum of squares, min, max and (when asked) how
+    many distinct values."""
+
+    index: int
+    count: int
+    total: float
+    total_sq: float
+    minimum: float
+    maximum: float
+    distinct: int | None = None
+
+
+@dataclass(frozen=True)
+class AggregatedHistory:
+    """Periods of ``period_ms`` from ``origin_ms`` that hold at least one value."""
+
+    origin_ms: int
+    period_ms: int
+    buckets: list[HistoryBucket]
+
+
+def numeric_value(instance: AttributeInstance) -> float | None:
+    """The value a backend may aggregate itself: a number (not a boolean) of a Property
+    of the default instance that is not a deletion marker; ``None`` otherwise, and any
+    such row in a range sends aggregation back to the broker's general code."""
+    if instance.get("type", "Property") != "Property":
+        return None
+    if "deletedAt" in instance or "datasetId" in instance:
+        return None
+    value = instance.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def aggregation_bounds(
+    times_ms: tuple[int, int], start_ms: int | None, end_ms: int | None, period_ms: int | None
+) -> tuple[int, int]:
+    """(origin, period) of an aggregation over rows from ``times_ms[0]`` to
+    ``times_ms[1]``: periods start at ``start_ms`` when given, else at the first row; with
+    no period, one period covers the range (to ``end_ms``, or just past the last row)."""
+    origin = start_ms if start_ms is not None else times_ms[0]
+    last = end_ms if end_ms is not None else times_ms[1] + 1
+    return origin, period_ms or max(last - origin, 1)
+
+
+def bucket_values(
+    timed_values: list[tuple[int, float]], origin_ms: int, period_ms: int, *, distinct: bool
+) -> list[HistoryBucket]:
+    """Group (time, value) pairs into periods and summarise each (for backends that
+    aggregate in Python)."""
+    groups: dict[int, list[float]] = {}
+    for time_ms, value in timed_values:
+        groups.setdefault((time_ms - origin_ms) // period_ms, []).append(value)
+    return [
+        HistoryBucket(
+            index,
+            len(values),
+            sum(values),
+            sum(v * v for v in values),
+            min(values),
+            max(values),
+            len(set(values)) if distinct else None,
+        )
+        for index, values in sorted(groups.items())
+    ]
+
+
 def instance_time_ms(instance: AttributeInstance) -> int:
     """The time a history row is filed under (see :class:`HistoryRow`)."""
     for key in ("observedAt", "deletedAt", "modifiedAt", "createdAt"):
@@ -148,6 +219,28 @@ def deletion_marker(instance: AttributeInstance, now: str) -> AttributeInstance:
     return marker
 
 
+SCOPE_IRI = "https://uri.etsi.org/ngsi-ld/scope"
+"""History rows of an entity's scope are filed under this attribute IRI."""
+
+
+def _scope_change(
+    old: StoredEntity | None, new: StoredEntity | None, now: str
+) -> list[tuple[str, AttributeInstance]]:
+    """The history row of a scope change: a Property whose value is the new scope list,
+    or, when the scope went away, a deletion marker whose value is the empty list (the
+    temporal representation of a scope, as the ETSI conformance tests 020_19/020_20
+    read it back)."""
+    before = old.get("scope") if old else None
+    after = new.get("scope") if new else None
+    if before == after:
+        return []
+    if after:
+        instance: AttributeInstance = {"type": "Property", "value": list(after)}
+        instance["createdAt"] = instance["modifiedAt"] = now
+        return [(SCOPE_IRI, instance)]
+    return [(SCOPE_IRI, {"type": "Property", "value": [], "deletedAt": now})]
+
+
 def changed_instances(
     old: StoredEntity | None, new: StoredEntity | None, now: str
 ) -> list[tuple[str, AttributeInstance]]:
@@ -155,11 +248,12 @@ def changed_instances(
 
     An instance of ``new`` that is not equal to the one with the same datasetId in
     ``old`` is new history; an instance of ``old`` whose datasetId is gone from ``new``
-    gets a deletion marker dated ``now``.
+    gets a deletion marker dated ``now``. A change of the entity's ``scope`` is history
+    too (§4.18): see :func:`_scope_change`.
     """
+    rows: list[tuple[str, AttributeInstance]] = _scope_change(old, new, now)
     old_attrs: dict[str, list[AttributeInstance]] = old.get("attrs", {}) if old else {}
     new_attrs: dict[str, list[AttributeInstance]] = new.get("attrs", {}) if new else {}
-    rows: list[tuple[str, AttributeInstance]] = []
     for attr_iri, instances in new_attrs.items():
         before = old_attrs.get(attr_iri)
         for instance in instances:
@@ -246,6 +340,23 @@ class TemporalStorage(Storage, Protocol):
 
     def history(self, tenant: str, entity_id: str, scan: HistoryScan) -> list[HistoryRow]:
         """History rows of an entity (see :class:`HistoryScan` for order and narrowing)."""
+        ...
+
+    def aggregate_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        period_ms: int | None,
+        *,
+        distinct: bool,
+    ) -> AggregatedHistory | None:
+        """Summarise an attribute's rows in [start, end) per period (see
+        :func:`aggregation_bounds`), by ``observedAt`` (row time). ``None`` when a row in
+        the range has no :func:`numeric_value`, or there is no row: the caller then
+        aggregates the rows itself."""
         ...
 
     def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:

@@ -13,13 +13,17 @@ from cityos.core.timeutil import now_iso
 from cityos.storage.base import (
     DEFAULT_TENANT,
     INSTANCE_ID_PREFIX,
+    AggregatedHistory,
     AttributeUsage,
     EntityScan,
     HistoryRow,
     HistoryScan,
+    aggregation_bounds,
+    bucket_values,
     changed_instances,
     index_rows,
     instance_time_ms,
+    numeric_value,
 )
 
 
@@ -124,6 +128,33 @@ class MemoryStorage:
                 rows = rows[-scan.last_n :] if scan.last_n else []
             out.extend(copy.deepcopy(rows))
         return out
+
+    def aggregate_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        period_ms: int | None,
+        *,
+        distinct: bool,
+    ) -> AggregatedHistory | None:
+        rows = self.history(
+            tenant,
+            entity_id,
+            HistoryScan(attrs=frozenset({attr_iri}), start_ms=start_ms, end_ms=end_ms),
+        )
+        timed = [(row.time_ms, numeric_value(row.instance)) for row in rows]
+        numbers = [(t, v) for t, v in timed if v is not None]
+        if not numbers or len(numbers) != len(timed):
+            return None
+        origin, period = aggregation_bounds(
+            (numbers[0][0], numbers[-1][0]), start_ms, end_ms, period_ms
+        )
+        return AggregatedHistory(
+            origin, period, bucket_values(numbers, origin, period, distinct=distinct)
+        )
 
     def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:
         found = self._history.get((tenant, entity_id))

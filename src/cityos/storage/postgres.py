@@ -47,6 +47,10 @@ History (``temporal``, see :class:`cityos.storage.base.TemporalStorage`):
 - ``time`` is ``timestamptz`` (exact millisecond arithmetic in SQL) so operators can read
   partitions and rows as dates; ``dataset_id`` and ``deleted`` are copied out of the
   document for the same-observation rule, which is applied in SQL.
+- ``value_num`` holds the instance's value when it is a plain number
+  (:func:`~cityos.storage.base.numeric_value`), computed in Python at write time as in
+  SQLite, so aggregation is a ``GROUP BY`` of integer period numbers (epoch ms minus the
+  origin, divided by the period) over the primary-key range, without decoding documents.
 """
 
 from __future__ import annotations
@@ -70,13 +74,17 @@ from cityos.core.timeutil import now_iso
 from cityos.storage.base import (
     DEFAULT_TENANT,
     INSTANCE_ID_PREFIX,
+    AggregatedHistory,
     AttributeUsage,
     EntityScan,
+    HistoryBucket,
     HistoryRow,
     HistoryScan,
+    aggregation_bounds,
     changed_instances,
     index_rows,
     instance_time_ms,
+    numeric_value,
 )
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
 
@@ -319,12 +327,12 @@ _HISTORY_CTES = """
 ), h AS (
     SELECT n.aid, 'epoch'::timestamptz + n.ms * interval '1 ms' AS time,
            nextval('temporal_seq') AS seq, n.dataset_id, n.observed, n.deleted, n.keep,
-           n.doc, n.ord
+           n.doc, n.value_num, n.ord
     FROM te, unnest(
         %(h_aids)s::integer[], %(h_ms)s::bigint[], %(h_datasets)s::text[],
         %(h_observed)s::boolean[], %(h_deleted)s::boolean[], %(h_keep)s::boolean[],
-        %(h_docs)s::bytea[]
-    ) WITH ORDINALITY AS n(aid, ms, dataset_id, observed, deleted, keep, doc, ord)
+        %(h_docs)s::bytea[], %(h_nums)s::double precision[]
+    ) WITH ORDINALITY AS n(aid, ms, dataset_id, observed, deleted, keep, doc, value_num, ord)
 ), hr AS (
     DELETE FROM temporal o USING h
     WHERE h.observed AND o.tpk = (SELECT tpk FROM te) AND o.aid = h.aid
@@ -334,8 +342,8 @@ _HISTORY_CTES = """
       AND o.time >= 'epoch'::timestamptz + %(h_observed_from)s * interval '1 ms'
       AND o.time <= 'epoch'::timestamptz + %(h_observed_to)s * interval '1 ms'
 ), hi AS (
-    INSERT INTO temporal (tpk, aid, time, seq, dataset_id, deleted, doc)
-    SELECT te.tpk, h.aid, h.time, h.seq, h.dataset_id, h.deleted, h.doc
+    INSERT INTO temporal (tpk, aid, time, seq, dataset_id, deleted, doc, value_num)
+    SELECT te.tpk, h.aid, h.time, h.seq, h.dataset_id, h.deleted, h.doc, h.value_num
     FROM te, h WHERE h.keep
 )
 """
@@ -699,6 +707,7 @@ class PostgresStorage:
             "h_deleted": ["deletedAt" in instance for _, instance in rows],
             "h_keep": keep,
             "h_docs": [orjson.dumps(instance) for _, instance in rows],
+            "h_nums": [numeric_value(instance) for _, instance in rows],
         }
 
     def history(self, tenant: str, entity_id: str, scan: HistoryScan) -> list[HistoryRow]:
@@ -754,6 +763,73 @@ class PostgresStorage:
             HistoryRow(iri, int(time_ms), f"{INSTANCE_ID_PREFIX}{seq}", orjson.loads(doc))
             for iri, time_ms, seq, doc in rows
         ]
+
+    def aggregate_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        period_ms: int | None,
+        *,
+        distinct: bool,
+    ) -> AggregatedHistory | None:
+        aid = self._attr_ids.get(attr_iri)
+        if aid is None:
+            # Registered by another process since this one opened, or never seen.
+            with self._connection() as conn:
+                row = conn.execute(
+                    "SELECT aid FROM temporal_attrs WHERE iri = %s", (attr_iri,)
+                ).fetchone()
+            if row is None:
+                return None
+            aid = int(row[0])
+        params: dict[str, object] = {
+            "tenant": tenant,
+            "id": entity_id,
+            "aid": aid,
+            "start": start_ms,
+            "end": end_ms,
+        }
+        # As in history(): absent bounds are left out so that pruning sees real limits.
+        where = [
+            "tpk = (SELECT tpk FROM temporal_entities WHERE tenant = %(tenant)s AND id = %(id)s)",
+            "aid = %(aid)s",
+        ]
+        if start_ms is not None:
+            where.append("time >= 'epoch'::timestamptz + %(start)s * interval '1 ms'")
+        if end_ms is not None:
+            where.append("time < 'epoch'::timestamptz + %(end)s * interval '1 ms'")
+        rows_of = f"FROM temporal WHERE {' AND '.join(where)}"
+        ms = "(extract(epoch FROM time) * 1000)::bigint"
+        with self._connection() as conn:
+            # min and max are one probe of the primary key per partition each.
+            bounds = conn.execute(f"SELECT min({ms}), max({ms}) {rows_of}", params).fetchone()
+            if bounds is None or bounds[0] is None:
+                return None
+            first, last = bounds
+            origin, period = aggregation_bounds((first, last), start_ms, end_ms, period_ms)
+            params |= {"origin": origin, "period": period}
+            distinct_sql = "count(DISTINCT value_num)" if distinct else "NULL::bigint"
+            # Integer division of non-negative offsets (origin <= every row) is floor.
+            buckets = conn.execute(
+                f"SELECT ({ms} - %(origin)s) / %(period)s AS index, count(*), "
+                "count(value_num), sum(value_num), sum(value_num * value_num), "
+                f"min(value_num), max(value_num), {distinct_sql} {rows_of} "
+                "GROUP BY 1 ORDER BY 1",
+                params,
+            ).fetchall()
+        if any(count != numeric for _, count, numeric, *_ in buckets):
+            return None
+        return AggregatedHistory(
+            origin,
+            period,
+            [
+                HistoryBucket(int(index), count, total, total_sq, low, high, distinct_count)
+                for index, count, _, total, total_sq, low, high, distinct_count in buckets
+            ],
+        )
 
     def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:
         with self._connection() as conn:
@@ -825,12 +901,13 @@ class PostgresStorage:
             return (
                 conn.execute(
                     f"UPDATE temporal SET time = 'epoch'::timestamptz + %s * interval '1 ms', "
-                    f"dataset_id = %s, deleted = %s, doc = %s WHERE {_INSTANCE}",
+                    f"dataset_id = %s, deleted = %s, doc = %s, value_num = %s WHERE {_INSTANCE}",
                     (
                         time_ms,
                         instance.get("datasetId"),
                         "deletedAt" in instance,
                         orjson.dumps(instance),
+                        numeric_value(instance),
                         tenant,
                         entity_id,
                         attr_iri,

@@ -17,6 +17,10 @@ Design notes (why, not what):
   triple the table at tens of millions of rows. ``seq`` makes instances unique (and
   is the instance id); finding an instance by id scans its attribute's rows, which
   is acceptable for the rare single-instance edits.
+- ``value_num`` holds the instance's value when it is a plain number
+  (:func:`~cityos.storage.base.numeric_value`), computed at write time, so aggregation
+  runs in SQL (``GROUP BY`` period over the clustered range) without decoding a
+  document; a range holding any other row is aggregated by the broker instead.
 """
 
 from __future__ import annotations
@@ -35,14 +39,18 @@ from cityos.core.timeutil import now_iso
 from cityos.storage.base import (
     DEFAULT_TENANT,
     INSTANCE_ID_PREFIX,
+    AggregatedHistory,
     AttributeUsage,
     EntityScan,
+    HistoryBucket,
     HistoryRow,
     HistoryScan,
     IndexRows,
+    aggregation_bounds,
     changed_instances,
     index_rows,
     instance_time_ms,
+    numeric_value,
 )
 from cityos.storage.migrations import load_migrations
 
@@ -60,14 +68,35 @@ def schema_version(db: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
+_INLINE_SCHEMA_2_IS = 3
+"""The migration version whose schema equals the pre-migration inline schema version 2."""
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
+
+
 def upgrade_schema(db: sqlite3.Connection, *, target: int | None = None) -> list[int]:
     """Apply the pending SQLite migrations up to ``target`` (default: all); return those applied.
 
     Each migration runs in its own transaction together with the new version number, so
     a failure leaves the database at the last version that applied cleanly.
     ``schema_version`` holds a single row, as it did before migrations existed.
+
+    Before migrations existed on SQLite, cityos kept an inline schema with its own
+    numbers: its version 1 is entities plus history (our 0001 + 0002, which 0002 allows
+    for with IF NOT EXISTS) and its version 2 added ``temporal.value_num`` (our 0003).
+    So a file at "2" is either ours (no ``value_num``) or the inline one (which has it,
+    filled at write time and by its own upgrade from 1): the column tells them apart,
+    and the inline kind is recorded as 3 instead of failing on a duplicate column.
     """
     current = schema_version(db)
+    if current == 2 and _has_column(db, "temporal", "value_num"):
+        db.executescript(
+            "BEGIN IMMEDIATE; DELETE FROM schema_version;"
+            f" INSERT INTO schema_version VALUES ({_INLINE_SCHEMA_2_IS}); COMMIT;"
+        )
+        current = _INLINE_SCHEMA_2_IS
     applied: list[int] = []
     for migration in load_migrations("sqlite"):
         if migration.version <= current or (target is not None and migration.version > target):
@@ -450,8 +479,9 @@ class SqliteStorage:
                 self._delete_same_observation(tpk, aid, time_ms, instance.get("datasetId"))
             # Inserted one by one: a later row of the same batch may replace an earlier one.
             self._db.execute(
-                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc) VALUES (?, ?, ?, ?, ?)",
-                (tpk, aid, time_ms, seq, orjson.dumps(instance)),
+                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc, value_num) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (tpk, aid, time_ms, seq, orjson.dumps(instance), numeric_value(instance)),
             )
             ids.append(f"{INSTANCE_ID_PREFIX}{seq}")
         return ids
@@ -517,6 +547,51 @@ class SqliteStorage:
                 for time_ms, seq, doc in rows
             )
         return out
+
+    def aggregate_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr_iri: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        period_ms: int | None,
+        *,
+        distinct: bool,
+    ) -> AggregatedHistory | None:
+        tpk = self._find_tpk(tenant, entity_id)
+        aid = self._attr_ids.get(attr_iri)
+        if tpk is None or aid is None:
+            return None
+        start = start_ms if start_ms is not None else -(2**62)
+        end = end_ms if end_ms is not None else 2**62
+        # min and max are one seek each on the clustered key.
+        first, last = self._db.execute(
+            "SELECT min(time_ms), max(time_ms) FROM temporal "
+            "WHERE tpk = ? AND aid = ? AND time_ms >= ? AND time_ms < ?",
+            (tpk, aid, start, end),
+        ).fetchone()
+        if first is None:
+            return None
+        origin, period = aggregation_bounds((first, last), start_ms, end_ms, period_ms)
+        distinct_sql = "count(DISTINCT value_num)" if distinct else "NULL"
+        rows = self._db.execute(
+            "SELECT (time_ms - ?) / ?, count(*), count(value_num), sum(value_num), "
+            f"sum(value_num * value_num), min(value_num), max(value_num), {distinct_sql} "
+            "FROM temporal WHERE tpk = ? AND aid = ? AND time_ms >= ? AND time_ms < ? "
+            "GROUP BY 1 ORDER BY 1",
+            (origin, period, tpk, aid, start, end),
+        ).fetchall()
+        if any(count != numeric for _, count, numeric, *_ in rows):
+            return None
+        return AggregatedHistory(
+            origin,
+            period,
+            [
+                HistoryBucket(index, count, total, total_sq, low, high, distinct_count)
+                for index, count, _, total, total_sq, low, high, distinct_count in rows
+            ],
+        )
 
     def temporal_types(self, tenant: str, entity_id: str) -> list[str] | None:
         row = self._db.execute(
@@ -606,8 +681,16 @@ class SqliteStorage:
                 (tpk, aid, time_ms, seq),
             )
             self._db.execute(
-                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc) VALUES (?, ?, ?, ?, ?)",
-                (tpk, aid, instance_time_ms(instance), seq, orjson.dumps(instance)),
+                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc, value_num) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    tpk,
+                    aid,
+                    instance_time_ms(instance),
+                    seq,
+                    orjson.dumps(instance),
+                    numeric_value(instance),
+                ),
             )
             return True
 

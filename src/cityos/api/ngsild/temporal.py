@@ -35,12 +35,14 @@ from cityos.broker.temporal import (
     TemporalBroker,
     TemporalEntityData,
     TemporalFormat,
+    TemporalPage,
     TemporalQuery,
+    TemporalRange,
     parse_aggregation,
     parse_temporal_query,
     render_temporal_entity,
 )
-from cityos.core.errors import BadRequestData, InvalidRequest, ResourceNotFound
+from cityos.core.errors import BadRequestData, InvalidRequest, MethodNotAllowed, ResourceNotFound
 
 router = APIRouter()
 
@@ -134,8 +136,30 @@ def _render(
     query: TemporalQuery,
 ) -> dict[str, Any]:
     return render_temporal_entity(
-        data.entity_id, data.types, data.rows, ctx.compact, options, fmt, query
+        data.entity_id,
+        data.types,
+        data.rows,
+        ctx.compact,
+        options,
+        fmt,
+        query,
+        data.emptied,
+        data.aggregated,
     )
+
+
+def _cut_response(
+    data: Any,  # Any: JSON value
+    ctx: CompiledContext,
+    media_type: str,
+    cut: TemporalRange | None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """200, or 206 Partial Content with ``Content-Range`` when temporal pagination cut."""
+    if cut is None:
+        return ngsi_response(data, ctx, media_type, headers=headers)
+    headers = {**(headers or {}), "Content-Range": cut.content_range()}
+    return ngsi_response(data, ctx, media_type, status=206, headers=headers)
 
 
 @router.post("/temporal/entities", status_code=201)
@@ -172,28 +196,25 @@ async def query_temporal_entities(request: Request) -> Response:
     )
     selector_types = selection.selectors[0].types if selection.selectors else None
     check_public_read(request, selector_types.type_names() if selector_types else ())
-    found, total = temporal_of(request).query(
-        tenant_of(request), selection, query, _dataset_ids(params)
+    page = temporal_of(request).query(
+        tenant_of(request), selection, query, _dataset_ids(params), aggregation=fmt.aggregation
     )
-    return _query_response(found, total, ctx, options, fmt, query, media_type, params)
+    return _query_response(page, ctx, options, fmt, query, media_type)
 
 
 def _query_response(
-    found: list[TemporalEntityData],
-    total: int | None,
+    page: TemporalPage,
     ctx: CompiledContext,
     options: RenderOptions,
     fmt: TemporalFormat,
     query: TemporalQuery,
     media_type: str,
-    params: QueryParams,
 ) -> Response:
-    # An entity with no instance selected (by time, attrs or datasetId) is no match.
-    rendered = [_render(item, ctx, options, fmt, query) for item in found if item.rows]
+    rendered = [_render(item, ctx, options, fmt, query) for item in page.entities]
     if options.pick is not None or options.omit is not None:
         rendered = [r for r in rendered if r]
-    headers = {"NGSILD-Results-Count": str(total)} if total is not None else None
-    return ngsi_response(rendered, ctx, media_type, headers=headers)
+    headers = {"NGSILD-Results-Count": str(page.total)} if page.total is not None else None
+    return _cut_response(rendered, ctx, media_type, page.cut, headers)
 
 
 @router.post("/temporal/entityOperations/query")
@@ -225,10 +246,10 @@ async def query_temporal_entities_post(request: Request) -> Response:
     fmt = _temporal_format(params)
     query = _temporal_query(params)
     options = _render_options(params, ctx)
-    found, total = temporal_of(request).query(
-        tenant_of(request), selection, query, _dataset_ids(params)
+    page = temporal_of(request).query(
+        tenant_of(request), selection, query, _dataset_ids(params), aggregation=fmt.aggregation
     )
-    return _query_response(found, total, ctx, options, fmt, query, media_type, params)
+    return _query_response(page, ctx, options, fmt, query, media_type)
 
 
 @router.get("/temporal/entities/{entity_id:path}")
@@ -242,23 +263,37 @@ async def retrieve_temporal_entity(request: Request, entity_id: str) -> Response
     fmt = _temporal_format(params)
     query = _temporal_query(params)
     options = _render_options(params, ctx)
-    data = temporal_of(request).retrieve(
-        tenant_of(request), entity_id, options.attrs, query, _dataset_ids(params)
+    data, cut = temporal_of(request).retrieve(
+        tenant_of(request),
+        entity_id,
+        options.attrs,
+        query,
+        _dataset_ids(params),
+        aggregation=fmt.aggregation,
     )
     check_public_read(request, data.types, any_public=True)
     rendered = _render(data, ctx, options, fmt, query)
     if not rendered:
         raise ResourceNotFound(f"Entity {entity_id} has no member left after pick and omit")
-    return ngsi_response(rendered, ctx, media_type)
+    return _cut_response(rendered, ctx, media_type, cut)
 
 
 @router.delete("/temporal/entities/{entity_id:path}/attrs//{instance_id:path}")
-@router.patch("/temporal/entities/{entity_id:path}/attrs//{instance_id:path}")
 async def instance_attribute_missing(
     request: Request, entity_id: str, instance_id: str
 ) -> Response:
     """An instance path with an empty attribute name is bad request data."""
     raise BadRequestData("The attribute name is missing from the path")
+
+
+@router.patch("/temporal/entities/{entity_id:path}/attrs//{instance_id:path}")
+async def instance_patch_attribute_missing(
+    request: Request, entity_id: str, instance_id: str
+) -> Response:
+    """PATCH with an empty attribute name is 405: with the empty segment dropped the path
+    reads as an attribute path (``/attrs/{attrId}``), which takes only DELETE (ETSI
+    016_02_06), whereas DELETE there stays a malformed instance path (400, 017_02_05)."""
+    raise MethodNotAllowed("PATCH needs an attribute name and an instance id after /attrs/")
 
 
 def _check_instance_id(instance_id: str) -> None:

@@ -1,0 +1,120 @@
+"""Persistent subscriptions and notification outbox: one SQLite file beside the entities.
+
+Why a file of its own: the entity database is written on every request, the outbox
+on every notification; separate files keep their write locks apart. Records are
+opaque JSON documents to this layer (the broker owns their meaning); tenants are
+separate namespaces through the ``tenant`` column.
+
+The outbox holds notifications that were generated but not yet delivered: a row is
+written before delivery starts and deleted once the endpoint accepted it, so a
+restart delivers again what was queued (at-least-once).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscriptions (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_subscription ON outbox (tenant, subscription_id, seq);
+"""
+
+
+class SqliteSubscriptionStore:
+    """Subscriptions and their outbox in one SQLite file (WAL, used from one thread)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    # ------------------------------------------------------------- subscriptions
+
+    def save(self, tenant: str, sub_id: str, record: dict[str, Any]) -> None:
+        """Insert or replace a subscription record (creation order is kept)."""
+        self._db.execute(
+            "INSERT INTO subscriptions (tenant, id, seq, record) VALUES (?, ?, "
+            "(SELECT COALESCE(MAX(seq), 0) + 1 FROM subscriptions), ?) "
+            "ON CONFLICT (tenant, id) DO UPDATE SET record = excluded.record",
+            (tenant, sub_id, orjson.dumps(record)),
+        )
+
+    def delete(self, tenant: str, sub_id: str) -> None:
+        """Delete a subscription and its undelivered notifications."""
+        self._db.execute("BEGIN")
+        self._db.execute("DELETE FROM subscriptions WHERE tenant = ? AND id = ?", (tenant, sub_id))
+        self._db.execute(
+            "DELETE FROM outbox WHERE tenant = ? AND subscription_id = ?", (tenant, sub_id)
+        )
+        self._db.execute("COMMIT")
+
+    def load_all(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every subscription record as ``(tenant, record)``, in creation order."""
+        rows = self._db.execute("SELECT tenant, record FROM subscriptions ORDER BY seq")
+        return [(tenant, orjson.loads(record)) for tenant, record in rows]
+
+    # -------------------------------------------------------------------- outbox
+
+    def enqueue(self, rows: list[tuple[str, str, bytes]]) -> None:
+        """Add ``(tenant, subscription_id, payload)`` notifications in one transaction."""
+        if not rows:
+            return
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT INTO outbox (tenant, subscription_id, payload) VALUES (?, ?, ?)", rows
+        )
+        self._db.execute("COMMIT")
+
+    def pending(self, tenant: str, sub_id: str, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest ``limit`` undelivered notifications of a subscription, oldest first."""
+        rows = self._db.execute(
+            "SELECT seq, payload FROM outbox WHERE tenant = ? AND subscription_id = ? "
+            "ORDER BY seq LIMIT ?",
+            (tenant, sub_id, limit),
+        )
+        return [(int(seq), bytes(payload)) for seq, payload in rows]
+
+    def pending_count(self, tenant: str, sub_id: str) -> int:
+        """How many notifications of a subscription wait for delivery."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE tenant = ? AND subscription_id = ?",
+            (tenant, sub_id),
+        ).fetchone()
+        return int(row[0])
+
+    def remove(self, seq: int) -> None:
+        """Forget a notification (delivered, or given up on)."""
+        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def drop_oldest(self, tenant: str, sub_id: str, keep: int) -> int:
+        """Keep only the newest ``keep`` notifications of a subscription; return how many
+        were dropped."""
+        cursor = self._db.execute(
+            "DELETE FROM outbox WHERE tenant = ? AND subscription_id = ? AND seq NOT IN "
+            "(SELECT seq FROM outbox WHERE tenant = ? AND subscription_id = ? "
+            "ORDER BY seq DESC LIMIT ?)",
+            (tenant, sub_id, tenant, sub_id, keep),
+        )
+        return cursor.rowcount
