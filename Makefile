@@ -20,6 +20,7 @@ demo: install
 serve: install
 	$(BIN)/cityos serve
 
+# pytest runs the storage contract and the API suite on SQLite and on PostgreSQL.
 test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy

@@ -9,6 +9,8 @@ uvloop, httptools) in the same run.
 
     .venv/bin/python benchmarks/bench_ngsild.py                 # 100,000 entities
     .venv/bin/python benchmarks/bench_ngsild.py --rss-entities 1000000
+    .venv/bin/python benchmarks/bench_ngsild.py --entities 20000 --seconds 5 \
+        --database postgresql://postgres@127.0.0.1:5432/postgres
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``).
 """
@@ -31,16 +33,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cityos.app import open_storage
 from cityos.broker.context import ContextResolver
 from cityos.broker.service import ContextBroker
 from cityos.settings import Settings
 from cityos.storage.base import DEFAULT_TENANT
 from cityos.storage.keys import SqliteKeyStore
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.postgres import create_database, drop_database
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -73,13 +77,14 @@ class Figure:
     p99_ms: float
     errors: int
     target: str
+    backend: str = ""
 
 
-def seed(data_dir: Path, count: int) -> None:
-    """Write ``count`` sensor entities straight through the broker API, with progress."""
-    storage = SqliteStorage(data_dir / "cityos.sqlite3")
+def seed(settings: Settings, count: int) -> None:
+    """Write ``count`` sensor entities through the broker API into the settings' backend."""
+    storage = open_storage(settings)
     broker = ContextBroker(storage)
-    core = asyncio.run(ContextResolver(Settings(data_dir=data_dir)).resolve(None))
+    core = asyncio.run(ContextResolver(settings).resolve(None))
     rng = random.Random(42)
     batch = 2000
     with Progress(console=console, transient=False) as progress:
@@ -93,6 +98,10 @@ def seed(data_dir: Path, count: int) -> None:
                 raise RuntimeError(result.errors[0])
             progress.advance(task, len(items))
     storage.close()
+    if settings.database:
+        # Statistics as autovacuum would have them on a database in service.
+        with psycopg.connect(settings.database, autocommit=True) as conn:
+            conn.execute("ANALYZE")
 
 
 def sensor_entity(n: int, rng: random.Random) -> dict[str, object]:
@@ -242,11 +251,62 @@ end
     }
 
 
+TARGETS = {
+    "create": "≥ 1,500 req/s",
+    "partial update": "≥ 2,000 req/s",
+    "query type+q (20)": "≥ 800 req/s, p95 ≤ 50 ms",
+    "near 1000 m": "p95 ≤ 20 ms",
+}
+
+
+def measure_broker(
+    settings: Settings, backend: str, args: argparse.Namespace, env: dict[str, str]
+) -> tuple[list[Figure], float]:
+    """Seed the settings' backend, serve it, run every scenario; figures and final RSS (MB)."""
+    seed(settings, args.entities)
+    keys = SqliteKeyStore(settings.data_dir / "keys.sqlite3")
+    key = keys.create("bench", "operator")[0]
+    keys.close()
+    command = [sys.executable, "-m", "cityos.cli", "serve", "--port", "8910"]
+    command += ["--data-dir", str(settings.data_dir)]
+    if settings.database:
+        command += ["--database", settings.database]
+    figures: list[Figure] = []
+    server = start(command, env, "http://127.0.0.1:8910/health")
+    try:
+        scripts = scenarios(args.entities, key)
+        runs = [(name, args.connections, name) for name in scripts]
+        # Latency under light load: at 32 connections p95 is mostly queueing.
+        runs += [
+            (name, 4, f"{name}, 4 connections") for name in ("query type+q (20)", "near 1000 m")
+        ]
+        for name, connections, label in runs:
+            figure = wrk(
+                "http://127.0.0.1:8910",
+                scripts[name],
+                seconds=args.seconds,
+                connections=connections,
+                name=label,
+                target=TARGETS[name],
+            )
+            figure.backend = backend
+            figures.append(figure)
+        return figures, rss_mb(server.pid)
+    finally:
+        stop(server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="also measure PostgreSQL: a server URL (postgresql://user@host:port/dbname); "
+        "a scratch database is created there and dropped afterwards",
+    )
     parser.add_argument(
         "--rss-entities",
         type=int,
@@ -261,90 +321,51 @@ def main() -> None:
     figures: list[Figure] = []
     extra: dict[str, float] = {}
 
-    with tempfile.TemporaryDirectory(prefix="cityos-bench-") as tmp:
-        data_dir = Path(tmp)
-        seed(data_dir, args.entities)
-        keys = SqliteKeyStore(data_dir / "keys.sqlite3")
-        key = keys.create("bench", "operator")[0]
-        keys.close()
-
-        bare = start(
-            [sys.executable, str(HERE / "bare_app.py"), "8911"], env, "http://127.0.0.1:8911/bare"
+    bare = start(
+        [sys.executable, str(HERE / "bare_app.py"), "8911"], env, "http://127.0.0.1:8911/bare"
+    )
+    try:
+        bare_get = wrk(
+            "http://127.0.0.1:8911/bare",
+            "",
+            seconds=args.seconds,
+            connections=args.connections,
+            name="bare GET (baseline)",
+            target="",
         )
-        try:
-            bare_get = wrk(
-                "http://127.0.0.1:8911/bare",
-                "",
-                seconds=args.seconds,
-                connections=args.connections,
-                name="bare GET (baseline)",
-                target="",
-            )
-            bare_post = wrk(
-                "http://127.0.0.1:8911/bare",
-                'wrk.method = "POST"\nwrk.body = \'{"id":"x"}\'\n',
-                seconds=args.seconds,
-                connections=args.connections,
-                name="bare POST (baseline)",
-                target="",
-            )
-        finally:
-            stop(bare)
-        figures += [bare_get, bare_post]
-
-        server = start(
-            [
-                sys.executable,
-                "-m",
-                "cityos.cli",
-                "serve",
-                "--port",
-                "8910",
-                "--data-dir",
-                str(data_dir),
-            ],
-            env,
-            "http://127.0.0.1:8910/health",
+        bare_post = wrk(
+            "http://127.0.0.1:8911/bare",
+            'wrk.method = "POST"\nwrk.body = \'{"id":"x"}\'\n',
+            seconds=args.seconds,
+            connections=args.connections,
+            name="bare POST (baseline)",
+            target="",
         )
-        try:
-            targets = {
-                "create": "≥ 1,500 req/s",
-                "partial update": "≥ 2,000 req/s",
-                "query type+q (20)": "≥ 800 req/s, p95 ≤ 50 ms",
-                "near 1000 m": "p95 ≤ 20 ms",
-            }
-            scripts = scenarios(args.entities, key)
-            for name, script in scripts.items():
-                figures.append(
-                    wrk(
-                        "http://127.0.0.1:8910",
-                        script,
-                        seconds=args.seconds,
-                        connections=args.connections,
-                        name=name,
-                        target=targets[name],
-                    )
-                )
-            # Latency under light load: at 32 connections p95 is mostly queueing.
-            for name in ("query type+q (20)", "near 1000 m"):
-                figures.append(
-                    wrk(
-                        "http://127.0.0.1:8910",
-                        scripts[name],
-                        seconds=args.seconds,
-                        connections=4,
-                        name=f"{name}, 4 connections",
-                        target=targets[name],
-                    )
-                )
-            extra["rss_mb_after_load"] = rss_mb(server.pid)
-        finally:
-            stop(server)
+    finally:
+        stop(bare)
+    figures += [bare_get, bare_post]
+
+    backends: list[tuple[str, str | None]] = [("SQLite", None)]
+    if args.database:
+        backends.append(("PostgreSQL", args.database))
+    for backend, server_url in backends:
+        with tempfile.TemporaryDirectory(prefix="cityos-bench-") as tmp:
+            data_dir = Path(tmp)
+            scratch = f"cityos_bench_{os.getpid()}"
+            database = create_database(server_url, scratch) if server_url else None
+            try:
+                settings = Settings(data_dir=data_dir, database=database, upgrade_on_start=True)
+                measured, rss = measure_broker(settings, backend, args, env)
+            finally:
+                if server_url:
+                    drop_database(server_url, scratch)
+        figures += measured
+        extra[f"rss_mb_after_load_{backend}"] = rss
 
     if args.rss_entities:
         with tempfile.TemporaryDirectory(prefix="cityos-bench-rss-") as tmp:
             data_dir = Path(tmp)
-            seed(data_dir, args.rss_entities)
+            seed(Settings(data_dir=data_dir), args.rss_entities)
             keys = SqliteKeyStore(data_dir / "keys.sqlite3")
             key = keys.create("bench", "operator")[0]
             keys.close()
@@ -375,21 +396,33 @@ def main() -> None:
                             target="",
                         )
                     )
+                    figures[-1].backend = "SQLite"
                 extra[f"rss_mb_with_{args.rss_entities}"] = rss_mb(server.pid)
             finally:
                 stop(server)
 
     table = Table(
-        title=f"NGSI-LD broker, SQLite, {args.entities:,} entities, "
-        f"wrk 1 thread {args.connections} connections"
+        title=f"NGSI-LD broker, {' and '.join(b for b, _ in backends)}, "
+        f"{args.entities:,} entities, wrk 1 thread {args.connections} connections"
     )
-    for column in ("scenario", "req/s", "× bare", "p50 ms", "p95 ms", "p99 ms", "errors", "target"):
+    for column in (
+        "scenario",
+        "backend",
+        "req/s",
+        "× bare",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "target",
+    ):
         table.add_column(column)
     for figure in figures:
         baseline = bare_post if figure.name.startswith("create") else bare_get
         ratio = figure.req_per_s / baseline.req_per_s
         table.add_row(
             figure.name,
+            figure.backend,
             f"{figure.req_per_s:,.0f}",
             f"{ratio:.2f}",
             f"{figure.p50_ms:.1f}",

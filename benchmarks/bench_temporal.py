@@ -19,6 +19,12 @@ fewer gauges, not shorter histories: the per-query work is the same as at full s
 
     .venv/bin/python benchmarks/bench_temporal.py --instances 500000
     .venv/bin/python benchmarks/bench_temporal.py --instances 52560000   # full scale
+    .venv/bin/python benchmarks/bench_temporal.py --instances 200000 \
+        --database postgresql://postgres@127.0.0.1:5432/postgres
+
+With ``--database`` PostgreSQL is measured too, in a scratch database created on that
+server and dropped afterwards; its baseline is the same plain range scan in SQL on the
+partitioned table, through psycopg.
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``).
 """
@@ -42,11 +48,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from cityos.storage.base import DEFAULT_TENANT
+from cityos.storage.base import DEFAULT_TENANT, TemporalStorage
+from cityos.storage.postgres import PostgresStorage, create_database, drop_database
 from cityos.storage.sqlite import SqliteStorage
 
 HERE = Path(__file__).resolve().parent
@@ -76,9 +84,8 @@ def gauge_id(n: int) -> str:
     return f"urn:ngsi-ld:WaterObserved:gauge-{n:04d}"
 
 
-def seed(path: Path, gauges: int, per_gauge: int) -> None:
+def seed(storage: TemporalStorage, gauges: int, per_gauge: int) -> None:
     """Write ``gauges`` entities and ``per_gauge`` level readings each through the storage."""
-    storage = SqliteStorage(path)
     rng = random.Random(7)
     now = START.strftime("%Y-%m-%dT%H:%M:%S.000Z")
     batch = 4320  # about one month of 10-minute readings
@@ -120,6 +127,41 @@ def month_bounds(month: int) -> tuple[datetime, datetime]:
     start = START.replace(month=month)
     end = start.replace(month=month + 1) if month < 12 else start.replace(year=start.year + 1)
     return start, end
+
+
+def postgres_baseline(url: str, gauges: int, months: int, picks: int) -> dict[str, float]:
+    """As :func:`sql_baseline`, on the PostgreSQL history table."""
+    rng = random.Random(11)
+    month_ms: list[float] = []
+    last_ms: list[float] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT aid FROM temporal_attrs WHERE iri = %s", (LEVEL,)).fetchone()
+        assert row is not None
+        aid = row[0]
+        tpks: dict[str, int] = dict(
+            conn.execute("SELECT id, tpk FROM temporal_entities").fetchall()
+        )
+        for _ in range(picks):
+            tpk = tpks[gauge_id(rng.randrange(gauges))]
+            start, end = month_bounds(rng.randint(1, months))
+            began = time.perf_counter()
+            rows = conn.execute(
+                "SELECT time, doc FROM temporal WHERE tpk = %s AND aid = %s "
+                "AND time >= %s AND time < %s",
+                (tpk, aid, start, end),
+                binary=True,
+            ).fetchall()
+            month_ms.append((time.perf_counter() - began) * 1000)
+            assert rows
+            began = time.perf_counter()
+            conn.execute(
+                "SELECT time, doc FROM temporal WHERE tpk = %s AND aid = %s "
+                "ORDER BY time DESC LIMIT 144",
+                (tpk, aid),
+                binary=True,
+            ).fetchall()
+            last_ms.append((time.perf_counter() - began) * 1000)
+    return {"month": p95(month_ms), "lastN": p95(last_ms)}
 
 
 def sql_baseline(path: Path, gauges: int, months: int, picks: int) -> dict[str, float]:
@@ -212,10 +254,12 @@ def wrk(url: str, script: str, *, seconds: int, connections: int) -> dict[str, f
             ],
             capture_output=True,
             text=True,
-            check=True,
+            check=False,
         )
     finally:
         os.unlink(path)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed:\n{result.stdout}\n{result.stderr}")
     match = re.search(r"JSON(\{.*\})", result.stdout)
     if match is None:
         raise RuntimeError(f"wrk gave no report:\n{result.stdout}\n{result.stderr}")
@@ -228,7 +272,15 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=5_000_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=1)
-    parser.add_argument("--data-dir", type=Path, default=None, help="keep the seeded data here")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="keep the seeded SQLite data here"
+    )
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="also measure PostgreSQL: a server URL (postgresql://user@host:port/dbname); "
+        "a scratch database is created there and dropped afterwards",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
@@ -239,15 +291,48 @@ def main() -> None:
         f"{gauges} gauges x {per_gauge:,} readings = {gauges * per_gauge:,} instances "
         f"({months} whole months each)"
     )
+    backends: list[tuple[str, str | None]] = [("SQLite", None)]
+    if args.database:
+        backends.append(("PostgreSQL", args.database))
+    for backend, server_url in backends:
+        scratch = f"cityos_bench_temporal_{os.getpid()}"
+        database = create_database(server_url, scratch) if server_url else None
+        try:
+            results, baseline = measure(backend, database, args, gauges, per_gauge, months)
+        finally:
+            if server_url:
+                drop_database(server_url, scratch)
+        print_table(backend, results, baseline, gauges * per_gauge, args.connections)
+
+
+def measure(
+    backend: str,
+    database: str | None,
+    args: argparse.Namespace,
+    gauges: int,
+    per_gauge: int,
+    months: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Seed one backend, then load a real server on it; the wrk figures and the baseline."""
     with tempfile.TemporaryDirectory(prefix="cityos-bench-temporal-") as tmp:
         data_dir = args.data_dir or Path(tmp)
         path = data_dir / "cityos.sqlite3"
         began = time.perf_counter()
-        if not path.exists():
-            seed(path, gauges, per_gauge)
+        if database:
+            seed(PostgresStorage(database, upgrade=True), gauges, per_gauge)
+            # Statistics as autovacuum would have them on a database in service.
+            with psycopg.connect(database, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE")
+        elif not path.exists():
+            seed(SqliteStorage(path), gauges, per_gauge)
         seed_s = time.perf_counter() - began
-        console.print(f"seeded in {seed_s:.1f} s ({gauges * per_gauge / seed_s:,.0f} rows/s)")
-        baseline = sql_baseline(path, gauges, months, 500)
+        console.print(
+            f"{backend}: seeded in {seed_s:.1f} s ({gauges * per_gauge / seed_s:,.0f} rows/s)"
+        )
+        if database:
+            baseline = postgres_baseline(database, gauges, months, 500)
+        else:
+            baseline = sql_baseline(path, gauges, months, 500)
         env = {
             **os.environ,
             "CITYOS_AUTH": "off",
@@ -257,6 +342,8 @@ def main() -> None:
         }
         cityos = str(Path(sys.executable).parent / "cityos")
         cmd = [cityos, "serve", "--port", str(PORT), "--data-dir", str(data_dir)]
+        if database:
+            cmd += ["--database", database]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{PORT}"
         try:
@@ -281,7 +368,18 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=15)
-    table = Table(title=f"Temporal API, {gauges * per_gauge:,} instances, c={args.connections}")
+    return results, baseline
+
+
+def print_table(
+    backend: str,
+    results: dict[str, dict[str, float]],
+    baseline: dict[str, float],
+    instances: int,
+    connections: int,
+) -> None:
+    """One table of figures for one backend."""
+    table = Table(title=f"Temporal API on {backend}, {instances:,} instances, c={connections}")
     for column in (
         "scenario",
         "req/s",

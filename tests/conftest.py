@@ -1,22 +1,35 @@
-"""Shared fixtures: a real cityos server on loopback, and a loopback server of JSON-LD documents."""
+"""Shared fixtures: a real cityos server on loopback (on SQLite and on PostgreSQL), scratch
+PostgreSQL databases, and a loopback server of JSON-LD documents.
+
+PostgreSQL comes from ``CITYOS_TEST_POSTGRES`` (a server URL; default: the local server
+as user postgres). Each test run creates its own databases, ``cityos_test_<random>``,
+and drops them at the end, so parallel runs never collide. Without a usable server
+(or without PostGIS) the PostgreSQL tests fail when ``CI=true`` and are skipped, with
+the reason, otherwise.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import uvicorn
 
 from cityos.app import create_app
 from cityos.settings import Settings
+from cityos.storage.postgres import create_database, drop_database
+
+DEFAULT_TEST_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 NGSI = "/ngsi-ld/v1"
 
@@ -67,12 +80,65 @@ def start_server(settings: Settings) -> RunningServer:
     raise RuntimeError("cityos test server did not start")
 
 
+def _postgres_problem(server_url: str) -> str | None:
+    """Why ``server_url`` cannot host the tests (no server, no PostGIS), or ``None``."""
+    try:
+        with psycopg.connect(server_url, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'"
+            ).fetchone()
+    except psycopg.Error as error:
+        return f"PostgreSQL at {server_url} is not usable: {error}".strip()
+    if row is None:
+        return (
+            f"PostGIS is not installed on the PostgreSQL server at {server_url} "
+            "(apt-get install -y postgresql-15-postgis-3)"
+        )
+    return None
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server with auth off, shared by the API tests (they use unique ids)."""
-    data_dir: Path = tmp_path_factory.mktemp("cityos-data")
+def new_postgres_database() -> Iterator[Callable[[], str]]:
+    """A factory of empty databases on the test PostgreSQL server, all dropped at the end."""
+    server_url = os.environ.get("CITYOS_TEST_POSTGRES", DEFAULT_TEST_POSTGRES)
+    problem = _postgres_problem(server_url)
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{problem}; CI needs PostgreSQL with PostGIS", pytrace=False)
+        pytest.skip(problem)
+    created: list[str] = []
+
+    def new_database() -> str:
+        name = f"cityos_test_{uuid.uuid4().hex[:12]}"
+        created.append(name)
+        return create_database(server_url, name)
+
+    yield new_database
+    for name in created:
+        drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """One server per backend with auth off, shared by the API tests (they use unique ids).
+
+    Every test that uses it runs once on SQLite and once on PostgreSQL.
+    """
+    data_dir: Path = tmp_path_factory.mktemp(f"cityos-data-{request.param}")
+    database = None
+    if request.param == "postgres":
+        database = request.getfixturevalue("new_postgres_database")()
     running = start_server(
-        Settings(data_dir=data_dir, auth="off", max_body_bytes=200_000, temporal_instance_limit=10)
+        Settings(
+            data_dir=data_dir,
+            database=database,
+            upgrade_on_start=True,
+            auth="off",
+            max_body_bytes=200_000,
+            temporal_instance_limit=10,
+        )
     )
     yield running
     running.stop()

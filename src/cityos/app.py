@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -36,9 +38,11 @@ from cityos.broker.temporal import TemporalBroker, retention_from_settings
 from cityos.core import errors
 from cityos.core.timeutil import datetime_ms, now_iso
 from cityos.settings import Settings
+from cityos.storage import postgres, sqlite
 from cityos.storage.base import TemporalStorage
 from cityos.storage.documents import SqliteDocumentTable
 from cityos.storage.keys import SqliteKeyStore
+from cityos.storage.postgres import PostgresStorage, is_postgres_url
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.subscriptions import SqliteSubscriptionStore
 
@@ -48,10 +52,34 @@ NGSI_LD_PREFIX = "/ngsi-ld/v1"
 
 
 def open_storage(settings: Settings) -> TemporalStorage:
-    """The storage backend the settings name (SQLite unless a PostgreSQL URL is given)."""
-    if settings.database and settings.database.startswith(("postgresql://", "postgres://")):
-        raise errors.OperationNotSupported("The PostgreSQL backend is not available yet")
+    """The storage backend the settings name (SQLite unless a PostgreSQL URL is given).
+
+    A PostgreSQL schema is upgraded only with ``settings.upgrade_on_start``; otherwise
+    an out-of-date one raises ``SchemaOutOfDateError`` (see :class:`PostgresStorage`).
+    """
+    if is_postgres_url(settings.database):
+        assert settings.database is not None
+        return PostgresStorage(settings.database, upgrade=settings.upgrade_on_start)
     return SqliteStorage(settings.sqlite_path)
+
+
+def upgrade_database(settings: Settings) -> tuple[int, list[int]]:
+    """Apply the pending schema migrations of the configured database.
+
+    Returns the version reached and the versions applied now (empty when up to date).
+    """
+    if is_postgres_url(settings.database):
+        assert settings.database is not None
+        with psycopg.connect(settings.database, autocommit=True) as conn:
+            applied = postgres.upgrade_schema(conn)
+            return postgres.schema_version(conn), applied
+    settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(settings.sqlite_path, isolation_level=None)
+    try:
+        applied = sqlite.upgrade_schema(db)
+        return sqlite.schema_version(db), applied
+    finally:
+        db.close()
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -1,4 +1,4 @@
-"""The ``cityos`` command: serve, demo, keys."""
+"""The ``cityos`` command: serve, demo, keys, db."""
 
 from __future__ import annotations
 
@@ -16,11 +16,17 @@ from cityos.settings import Settings
 app = typer.Typer(help="cityos — city data platform (都市OS)", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys / APIキー", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(help="Database schema / データベース", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console()
 
 HostOption = Annotated[str | None, typer.Option(help="Address to listen on")]
 PortOption = Annotated[int | None, typer.Option(help="Port to listen on")]
 DataDirOption = Annotated[Path | None, typer.Option(help="Directory for the SQLite database")]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(help="Database URL, e.g. postgresql://user@host/dbname (default: SQLite)"),
+]
 
 
 def _settings(**overrides: Any) -> Settings:  # Any: pydantic field values
@@ -49,13 +55,34 @@ def serve(
     host: HostOption = None,
     port: PortOption = None,
     data_dir: DataDirOption = None,
-    database: Annotated[str | None, typer.Option(help="Database URL (default: SQLite)")] = None,
+    database: DatabaseOption = None,
+    upgrade: Annotated[
+        bool | None, typer.Option("--upgrade", help="Apply pending schema migrations first")
+    ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
 ) -> None:
     """Run the platform (NGSI-LD broker and APIs) / プラットフォームを起動します。"""
-    _run(
-        _settings(host=host, port=port, data_dir=data_dir, database=database), access_log=access_log
+    settings = _settings(
+        host=host, port=port, data_dir=data_dir, database=database, upgrade_on_start=upgrade
     )
+    _run(settings, access_log=access_log)
+
+
+@db_app.command("upgrade")
+def db_upgrade(database: DatabaseOption = None, data_dir: DataDirOption = None) -> None:
+    """Apply pending schema migrations / スキーマを最新にします。"""
+    from cityos.app import upgrade_database
+
+    version, applied = upgrade_database(_settings(database=database, data_dir=data_dir))
+    if applied:
+        console.print(
+            f"Applied migrations {', '.join(map(str, applied))}; schema at version {version} / "
+            f"スキーマをバージョン {version} に更新しました"
+        )
+    else:
+        console.print(
+            f"Schema already at version {version} / スキーマは最新です (version {version})"
+        )
 
 
 @app.command()

@@ -23,7 +23,18 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database: str | None = Field(
         default=None,
-        description="Database URL; unset means the SQLite file <data_dir>/cityos.sqlite3.",
+        description=(
+            "Database URL: postgresql://user@host:port/dbname for PostgreSQL + PostGIS, "
+            "sqlite:///path for a SQLite file; unset means <data_dir>/cityos.sqlite3."
+        ),
+    )
+    upgrade_on_start: bool = Field(
+        default=False,
+        description=(
+            "Apply pending PostgreSQL schema migrations when the server starts "
+            "(otherwise an out-of-date schema stops it; run `cityos db upgrade`). "
+            "SQLite files are always upgraded when opened."
+        ),
     )
     auth: Literal["on", "off"] = "on"
     public_types: Annotated[list[str], NoDecode] = Field(

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cityos.broker.context import CompiledContext, ContextResolver
 from cityos.broker.entities import ENTITY_RESERVED, INSTANCE_RESERVED, parse_entity
 from cityos.broker.representation import RenderOptions, render_entity
 from cityos.settings import Settings
+from cityos.storage.base import Storage
 from cityos.storage.memory import MemoryStorage
+from cityos.storage.postgres import PostgresStorage
 
 CORE: CompiledContext = asyncio.run(ContextResolver(Settings()).resolve(None))
 NOW = "2026-11-24T12:00:00.000Z"
@@ -83,11 +87,29 @@ def entities(draw: st.DrawFn) -> dict[str, Any]:
     return entity
 
 
-@settings(max_examples=150, deadline=None)
-@given(entities())
-def test_normalized_entity_round_trips_through_storage(entity: dict[str, Any]) -> None:
+@pytest.fixture(scope="module", params=["memory", "postgres"])
+def roundtrip_storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
+    """One backend for all examples (hypothesis reuses fixtures across examples)."""
+    storage: Storage
+    if request.param == "postgres":
+        url = request.getfixturevalue("new_postgres_database")()
+        storage = PostgresStorage(url, upgrade=True)
+    else:
+        storage = MemoryStorage()
+    yield storage
+    storage.close()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(entity=entities())
+def test_normalized_entity_round_trips_through_storage(
+    roundtrip_storage: Storage, entity: dict[str, Any]
+) -> None:
     stored = parse_entity(entity, CORE.expand, NOW)
-    storage = MemoryStorage()
+    storage = roundtrip_storage
+    storage.delete("", entity["id"])
     storage.insert("", stored)
     fetched = storage.get("", entity["id"])
     assert fetched is not None

@@ -1,24 +1,26 @@
-"""The storage contract: every backend must pass these (SQLite, memory; PostgreSQL later)."""
+"""The storage contract: every backend must pass these (SQLite, PostgreSQL, memory)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from cityos.core.errors import AlreadyExists, ResourceNotFound
 from cityos.storage.base import (
     DEFAULT_TENANT,
     NULL,
+    SCOPE_IRI,
     EntityScan,
     HistoryScan,
     Storage,
     TemporalStorage,
 )
 from cityos.storage.memory import MemoryStorage
+from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
 
 T = "https://example.org/T"
@@ -27,11 +29,28 @@ TEMP = "https://example.org/temperature"
 LOC = "https://uri.etsi.org/ngsi-ld/location"
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(scope="module")
+def contract_postgres_url(new_postgres_database: Callable[[], str]) -> str:
+    """One database for the module's PostgreSQL cases, emptied before each of them."""
+    url = new_postgres_database()
+    PostgresStorage(url, upgrade=True).close()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TemporalStorage]:
     backend: TemporalStorage
     if request.param == "sqlite":
         backend = SqliteStorage(tmp_path / "contract.sqlite3")
+    elif request.param == "postgres":
+        url = request.getfixturevalue("contract_postgres_url")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "TRUNCATE entities, entity_types, entity_attrs, entity_geometries, tenants, "
+                "temporal, temporal_entities, temporal_attrs "
+                "RESTART IDENTITY"
+            )
+        backend = PostgresStorage(url)
     else:
         backend = MemoryStorage()
     yield backend
@@ -352,28 +371,44 @@ def test_aggregate_history_of_an_empty_range_is_none(storage: TemporalStorage) -
     )
 
 
-def test_a_schema_1_file_gains_numeric_values(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
-    SqliteStorage(path).close()
-    db = sqlite3.connect(path)
-    db.executescript(
-        "DROP TABLE temporal; CREATE TABLE temporal (tpk INTEGER NOT NULL, aid INTEGER NOT NULL,"
-        " time_ms INTEGER NOT NULL, seq INTEGER NOT NULL, doc BLOB NOT NULL,"
-        " PRIMARY KEY (tpk, aid, time_ms, seq)) WITHOUT ROWID;"
-        " INSERT INTO temporal_entities (tenant, id, types) VALUES ('', 'urn:h', '[]');"
-        " INSERT INTO temporal_attrs (iri) VALUES ('https://example.org/temperature');"
-        ' INSERT INTO temporal VALUES (1, 1, 0, 1, \'{"type":"Property","value":3}\');'
-        " UPDATE schema_version SET version = 1;"
+def test_aggregate_history_follows_a_replaced_instance(storage: TemporalStorage) -> None:
+    ids_ = storage.append_history(
+        DEFAULT_TENANT, "urn:h", [T], [(TEMP, observed(1.0, "2026-01-01T00:00:00Z"))]
     )
-    db.commit()
-    db.close()
-    storage = SqliteStorage(path)
-    summary = storage.aggregate_history(
-        DEFAULT_TENANT, "urn:h", TEMP, None, None, None, distinct=False
-    )
-    storage.close()
+    text = {"type": "Property", "value": "high", "observedAt": "2026-01-01T00:00:00Z"}
+    assert storage.replace_history_instance(DEFAULT_TENANT, "urn:h", TEMP, ids_[0], text)
+    args = (DEFAULT_TENANT, "urn:h", TEMP, None, None, None)
+    assert storage.aggregate_history(*args, distinct=False) is None
+    number = observed(4.0, "2026-01-01T00:00:00Z")
+    assert storage.replace_history_instance(DEFAULT_TENANT, "urn:h", TEMP, ids_[0], number)
+    summary = storage.aggregate_history(*args, distinct=False)
     assert summary is not None
-    assert summary.buckets[0].total == 3.0
+    assert [(b.count, b.total) for b in summary.buckets] == [(1, 4.0)]
+
+
+def test_aggregate_history_without_period_is_one_bucket_to_the_end(
+    storage: TemporalStorage,
+) -> None:
+    rows = [(TEMP, observed(n, f"2026-01-01T00:0{n}:00Z")) for n in range(3)]
+    storage.append_history(DEFAULT_TENANT, "urn:h", [T], rows)
+    first = 1767225600000  # 2026-01-01T00:00:00Z
+    summary = storage.aggregate_history(
+        DEFAULT_TENANT, "urn:h", TEMP, None, first + 600_000, None, distinct=False
+    )
+    assert summary is not None
+    assert (summary.origin_ms, summary.period_ms) == (first, 600_000)
+    assert [(b.index, b.count, b.maximum, b.distinct) for b in summary.buckets] == [
+        (0, 3, 2.0, None)
+    ]
+
+
+def test_scope_changes_are_history(storage: TemporalStorage) -> None:
+    storage.insert(DEFAULT_TENANT, {**entity("urn:h"), "scope": ["/a"]})
+    storage.update(DEFAULT_TENANT, {**entity("urn:h"), "scope": ["/a", "/b"]})
+    storage.update(DEFAULT_TENANT, entity("urn:h"))
+    rows = storage.history(DEFAULT_TENANT, "urn:h", HistoryScan(attrs=frozenset({SCOPE_IRI})))
+    assert [row.instance["value"] for row in rows] == [["/a"], ["/a", "/b"], []]
+    assert "deletedAt" in rows[2].instance
 
 
 def test_update_returns_the_document_it_replaced(storage: Storage) -> None:

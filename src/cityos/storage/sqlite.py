@@ -5,6 +5,7 @@ Design notes (why, not what):
   and a single-entity operation takes tens of microseconds, less than a thread hop.
 - ``synchronous=NORMAL`` in WAL mode: a commit survives a process crash; only an OS
   crash or power loss can lose the last transactions, the usual embedded trade-off.
+- The schema comes from ``migrations/sqlite`` (:func:`upgrade_schema`), applied on open.
 - Documents are orjson bytes; index tables carry the tenant so every index lookup
   is tenant-scoped without a join.
 - History (``temporal``) is a WITHOUT ROWID table whose primary key is
@@ -51,48 +52,67 @@ from cityos.storage.base import (
     instance_time_ms,
     numeric_value,
 )
+from cityos.storage.migrations import load_migrations
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS entities (
-    pk INTEGER PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    id TEXT NOT NULL,
-    doc BLOB NOT NULL,
-    UNIQUE (tenant, id)
-);
-CREATE INDEX IF NOT EXISTS entities_by_tenant_pk ON entities (tenant, pk);
-CREATE TABLE IF NOT EXISTS entity_types (
-    tenant TEXT NOT NULL, type TEXT NOT NULL, pk INTEGER NOT NULL,
-    PRIMARY KEY (tenant, type, pk)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_types_by_pk ON entity_types (pk);
-CREATE TABLE IF NOT EXISTS entity_attrs (
-    tenant TEXT NOT NULL, attr TEXT NOT NULL, pk INTEGER NOT NULL, kind TEXT NOT NULL,
-    PRIMARY KEY (tenant, attr, pk, kind)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_attrs_by_pk ON entity_attrs (pk);
-CREATE TABLE IF NOT EXISTS temporal_entities (
-    tpk INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, types BLOB NOT NULL,
-    UNIQUE (tenant, id)
-);
-CREATE TABLE IF NOT EXISTS temporal_attrs (aid INTEGER PRIMARY KEY, iri TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS temporal (
-    tpk INTEGER NOT NULL, aid INTEGER NOT NULL, time_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
-    doc BLOB NOT NULL, value_num REAL,
-    PRIMARY KEY (tpk, aid, time_ms, seq)
-) WITHOUT ROWID;
-CREATE VIRTUAL TABLE IF NOT EXISTS geo_rtree USING rtree (gid, min_x, max_x, min_y, max_y);
-"""
-
-SCHEMA_VERSION = 2
-"""2: ``temporal.value_num``. Version 1 files are migrated on open."""
 GEO_SLOTS = 256
 """R*Tree ids are ``pk * GEO_SLOTS + slot``: the entity is known from the id alone, which
 keeps box scans on the R*Tree's own index (reading auxiliary columns is ~7x slower)."""
 _FIRST_SCAN_BATCH = 64
 _MAX_SCAN_BATCH = 4096
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    """The schema version recorded in ``db`` (0 for an empty database)."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+_INLINE_SCHEMA_2_IS = 3
+"""The migration version whose schema equals the pre-migration inline schema version 2."""
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
+
+
+def upgrade_schema(db: sqlite3.Connection, *, target: int | None = None) -> list[int]:
+    """Apply the pending SQLite migrations up to ``target`` (default: all); return those applied.
+
+    Each migration runs in its own transaction together with the new version number, so
+    a failure leaves the database at the last version that applied cleanly.
+    ``schema_version`` holds a single row, as it did before migrations existed.
+
+    Before migrations existed on SQLite, cityos kept an inline schema with its own
+    numbers: its version 1 is entities plus history (our 0001 + 0002, which 0002 allows
+    for with IF NOT EXISTS) and its version 2 added ``temporal.value_num`` (our 0003).
+    So a file at "2" is either ours (no ``value_num``) or the inline one (which has it,
+    filled at write time and by its own upgrade from 1): the column tells them apart,
+    and the inline kind is recorded as 3 instead of failing on a duplicate column.
+    """
+    current = schema_version(db)
+    if current == 2 and _has_column(db, "temporal", "value_num"):
+        db.executescript(
+            "BEGIN IMMEDIATE; DELETE FROM schema_version;"
+            f" INSERT INTO schema_version VALUES ({_INLINE_SCHEMA_2_IS}); COMMIT;"
+        )
+        current = _INLINE_SCHEMA_2_IS
+    applied: list[int] = []
+    for migration in load_migrations("sqlite"):
+        if migration.version <= current or (target is not None and migration.version > target):
+            continue
+        try:
+            db.executescript(
+                f"BEGIN IMMEDIATE;\n{migration.sql}\n"
+                "DELETE FROM schema_version;\n"
+                f"INSERT INTO schema_version VALUES ({migration.version});\nCOMMIT;"
+            )
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied
 
 
 class SqliteStorage:
@@ -111,11 +131,8 @@ class SqliteStorage:
         db.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
         db.execute("PRAGMA temp_store=MEMORY")
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
-        if db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
-            db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-        elif db.execute("SELECT max(version) FROM schema_version").fetchone()[0] < 2:
-            _add_value_num(db)
+        # An embedded file has one user, so it is always brought up to date on open.
+        upgrade_schema(db)
         self._tenants = {row[0] for row in db.execute("SELECT name FROM tenants")}
         self._attr_ids: dict[str, int] = dict(db.execute("SELECT iri, aid FROM temporal_attrs"))
         self._attr_iris = {aid: iri for iri, aid in self._attr_ids.items()}
@@ -710,24 +727,6 @@ class SqliteStorage:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _add_value_num(db: sqlite3.Connection) -> None:
-    """Schema 1 -> 2: add ``temporal.value_num`` and fill it from the documents."""
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("ALTER TABLE temporal ADD COLUMN value_num REAL")
-    db.executemany(
-        "UPDATE temporal SET value_num = ? WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?",
-        [
-            (value, tpk, aid, time_ms, seq)
-            for tpk, aid, time_ms, seq, doc in db.execute(
-                "SELECT tpk, aid, time_ms, seq, doc FROM temporal"
-            )
-            if (value := numeric_value(orjson.loads(doc))) is not None
-        ],
-    )
-    db.execute("UPDATE schema_version SET version = 2")
-    db.execute("COMMIT")
 
 
 def _instance_seq(instance_id: str) -> int | None:
