@@ -25,6 +25,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,16 @@ from cityos.storage.postgres import create_database, drop_database
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 console = Console()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (fixed ports clash with other runs on the machine)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+PORTS = {"server": free_port(), "bare": free_port(), "rss": free_port()}
 
 # Toyama City, roughly: where the simulated sensors stand.
 MIN_LON, MAX_LON, MIN_LAT, MAX_LAT = 137.10, 137.35, 36.55, 36.78
@@ -267,12 +278,12 @@ def measure_broker(
     keys = SqliteKeyStore(settings.data_dir / "keys.sqlite3")
     key = keys.create("bench", "operator")[0]
     keys.close()
-    command = [sys.executable, "-m", "cityos.cli", "serve", "--port", "8910"]
+    command = [sys.executable, "-m", "cityos.cli", "serve", "--port", str(PORTS["server"])]
     command += ["--data-dir", str(settings.data_dir)]
     if settings.database:
         command += ["--database", settings.database]
     figures: list[Figure] = []
-    server = start(command, env, "http://127.0.0.1:8910/health")
+    server = start(command, env, f"http://127.0.0.1:{PORTS['server']}/health")
     try:
         scripts = scenarios(args.entities, key)
         runs = [(name, args.connections, name) for name in scripts]
@@ -282,7 +293,7 @@ def measure_broker(
         ]
         for name, connections, label in runs:
             figure = wrk(
-                "http://127.0.0.1:8910",
+                f"http://127.0.0.1:{PORTS['server']}",
                 scripts[name],
                 seconds=args.seconds,
                 connections=connections,
@@ -322,11 +333,13 @@ def main() -> None:
     extra: dict[str, float] = {}
 
     bare = start(
-        [sys.executable, str(HERE / "bare_app.py"), "8911"], env, "http://127.0.0.1:8911/bare"
+        [sys.executable, str(HERE / "bare_app.py"), str(PORTS["bare"])],
+        env,
+        f"http://127.0.0.1:{PORTS['bare']}/bare",
     )
     try:
         bare_get = wrk(
-            "http://127.0.0.1:8911/bare",
+            f"http://127.0.0.1:{PORTS['bare']}/bare",
             "",
             seconds=args.seconds,
             connections=args.connections,
@@ -334,7 +347,7 @@ def main() -> None:
             target="",
         )
         bare_post = wrk(
-            "http://127.0.0.1:8911/bare",
+            f"http://127.0.0.1:{PORTS['bare']}/bare",
             'wrk.method = "POST"\nwrk.body = \'{"id":"x"}\'\n',
             seconds=args.seconds,
             connections=args.connections,
@@ -376,19 +389,19 @@ def main() -> None:
                     "cityos.cli",
                     "serve",
                     "--port",
-                    "8912",
+                    str(PORTS["rss"]),
                     "--data-dir",
                     str(data_dir),
                 ],
                 env,
-                "http://127.0.0.1:8912/health",
+                f"http://127.0.0.1:{PORTS['rss']}/health",
             )
             try:
                 script = scenarios(args.rss_entities, key)
                 for name in ("query type+q (20)", "partial update", "near 1000 m"):
                     figures.append(
                         wrk(
-                            "http://127.0.0.1:8912",
+                            f"http://127.0.0.1:{PORTS['rss']}",
                             script[name],
                             seconds=5,
                             connections=args.connections,
