@@ -24,9 +24,24 @@ def format_datetime(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+_formatted_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    """The current UTC time formatted with :func:`format_datetime`."""
-    return format_datetime(now_utc())
+    """The current UTC time formatted like :func:`format_datetime`.
+
+    Every write stamps ``modifiedAt``, so the date-and-seconds prefix is formatted once
+    per second and reused; only the milliseconds are formatted per call.
+    """
+    global _formatted_second
+    now = time_module.time()
+    second = int(now)
+    if second != _formatted_second[0]:
+        _formatted_second = (
+            second,
+            time_module.strftime("%Y-%m-%dT%H:%M:%S.", time_module.gmtime(second)),
+        )
+    return f"{_formatted_second[1]}{int((now - second) * 1000):03d}Z"
 
 
 def parse_datetime(text: str, *, field: str = "DateTime") -> datetime:
