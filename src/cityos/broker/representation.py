@@ -92,8 +92,7 @@ def render_attribute(
             return key_value(instances[0], compact, options.lang)
         return {
             "dataset": {
-                i.get("datasetId", "@none"): key_value(i, compact, options.lang)
-                for i in instances
+                i.get("datasetId", "@none"): key_value(i, compact, options.lang) for i in instances
             }
         }
     rendered = [render_instance(i, compact, options) for i in instances]
