@@ -74,6 +74,8 @@ class DeliveryPolicy:
     """Sender tasks (and connections) per endpoint."""
     settle_interval_s: float = 0.2
     """How often deliveries are written back (outbox deletions, delivery status)."""
+    dispatch_slice: int = 64
+    """Commits matched and persisted per outbox transaction before yielding to senders."""
 
 
 def notification_body(sub: Subscription, data: list[dict[str, Any]]) -> dict[str, Any]:
@@ -252,18 +254,22 @@ class Notifier:
             await self._wake.wait()
             self._wake.clear()
             batches, self._changes = self._changes, []
-            matched: list[dict[_Key, list[list[dict[str, Any]]]]] = []
-            for changes in batches:
+            # In slices, yielding in between: after a stall the backlog would otherwise
+            # keep the senders (and the writers' requests) waiting until all of it is done.
+            for start in range(0, len(batches), self.policy.dispatch_slice):
+                matched: list[dict[_Key, list[list[dict[str, Any]]]]] = []
+                for changes in batches[start : start + self.policy.dispatch_slice]:
+                    try:
+                        matched.append(self.match(changes))
+                    except Exception:
+                        log.exception(
+                            "Matching %d change(s) against subscriptions failed", len(changes)
+                        )
                 try:
-                    matched.append(self.match(changes))
+                    self._enqueue(matched)
                 except Exception:
-                    log.exception(
-                        "Matching %d change(s) against subscriptions failed", len(changes)
-                    )
-            try:
-                self._enqueue(matched)
-            except Exception:
-                log.exception("Queueing notifications failed")
+                    log.exception("Queueing notifications failed")
+                await asyncio.sleep(0)
 
     def match(self, changes: list[EntityChange]) -> dict[_Key, list[list[dict[str, Any]]]]:
         """The notification data one commit's changes give each subscription: a list of
