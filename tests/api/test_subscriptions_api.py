@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cityos.broker.notifier import DeliveryPolicy, Notifier
 from cityos.settings import Settings
 from tests.conftest import NGSI, RunningServer, free_port, start_server
 
@@ -408,3 +409,145 @@ def test_attribute_deletion_notifies_with_null_value(
     assert client.delete(path).status_code == 204
     _, notification = receiver.next()
     assert notification["data"][0]["humidity"] == {"type": "Property", "value": "urn:ngsi-ld:null"}
+
+
+# ------------------------------------------------------------- delivery policy
+
+
+FAST_RETRIES = DeliveryPolicy(
+    max_attempts=2, first_retry_s=0.01, max_retry_s=0.05, timeout_s=0.5, lanes=2
+)
+
+
+@pytest.fixture
+def fast_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A server of its own whose notifier retries within milliseconds."""
+    running = start_server(Settings(data_dir=tmp_path, auth="off"))
+    notifier_of(running).policy = FAST_RETRIES
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def fast_client(fast_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fast_server.base_url + NGSI, timeout=10) as http:
+        yield http
+
+
+def notifier_of(running: RunningServer) -> Notifier:
+    notifier: Notifier = running.server.config.app.state.subscriptions.notifier
+    return notifier
+
+
+def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_unreachable_endpoint_is_retried_until_it_comes_back(
+    fast_client: httpx.Client, uid: str
+) -> None:
+    port = free_port()
+    fast_client.post("/entities", json=sensor(uid))
+    body = subscription(uid, f"http://127.0.0.1:{port}/notify")
+    create(fast_client, body)
+    set_temperature(fast_client, uid, 4.0)
+    wait_for(
+        lambda: (
+            fast_client.get(f"/subscriptions/{body['id']}")
+            .json()["notification"]
+            .get("timesFailed", 0)
+            > 2 * FAST_RETRIES.max_attempts
+        )
+    )
+    receiver, server = serve_receiver(port)
+    try:
+        _, notification = receiver.next(timeout_s=5)
+        assert notification["data"][0]["temperature"]["value"] == 4.0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_refused_notification_is_given_up_after_max_attempts(
+    fast_client: httpx.Client, uid: str, receiver: Receiver
+) -> None:
+    fast_client.post("/entities", json=sensor(uid))
+    body = subscription(uid, receiver.url)
+    create(fast_client, body)
+    receiver.status = 400
+    set_temperature(fast_client, uid, 1.5)
+    wait_for(
+        lambda: (
+            fast_client.get(f"/subscriptions/{body['id']}")
+            .json()["notification"]
+            .get("timesFailed", 0)
+            == FAST_RETRIES.max_attempts
+        )
+    )
+    receiver.status = 200
+    set_temperature(fast_client, uid, 2.5)
+    _, notification = receiver.next()
+    assert notification["data"][0]["temperature"]["value"] == 2.5
+
+
+def test_full_endpoint_queue_drops_the_oldest_waiting(
+    fast_server: RunningServer, fast_client: httpx.Client, uid: str
+) -> None:
+    notifier = notifier_of(fast_server)
+    notifier.policy = replace(FAST_RETRIES, queue_limit=2, lanes=1)
+    port = free_port()
+    fast_client.post("/entities", json=sensor(uid))
+    create(fast_client, subscription(uid, f"http://127.0.0.1:{port}/notify"))
+    for value in range(1, 6):
+        set_temperature(fast_client, uid, float(value))
+        time.sleep(0.05)
+    receiver, server = serve_receiver(port)
+    try:
+        values = [receiver.next()[1]["data"][0]["temperature"]["value"] for _ in range(3)]
+        assert values == [1.0, 4.0, 5.0], "the one in flight, then the newest two"
+        assert receiver.nothing_within(0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hung_endpoint_does_not_delay_others(
+    fast_client: httpx.Client, uid: str, receiver: Receiver
+) -> None:
+    with socket.socket() as hung:
+        # Listening but never accepting: connections complete and no answer ever comes.
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        fast_client.post("/entities", json=sensor(uid))
+        dead = subscription(uid, f"http://127.0.0.1:{hung.getsockname()[1]}/notify")
+        dead["id"] += ":hung"
+        create(fast_client, dead)
+        create(fast_client, subscription(uid, receiver.url))
+        for value in range(10):
+            set_temperature(fast_client, uid, float(value))
+        values = [
+            receiver.next(timeout_s=2)[1]["data"][0]["temperature"]["value"] for _ in range(10)
+        ]
+        assert values == [float(v) for v in range(10)]
+
+
+def test_delivered_notifications_are_not_sent_again_after_restart(
+    tmp_path: Path, uid: str, receiver: Receiver
+) -> None:
+    settings = Settings(data_dir=tmp_path, auth="off")
+    first = start_server(settings)
+    try:
+        api = first.base_url + NGSI
+        httpx.post(api + "/subscriptions", json=subscription(uid, receiver.url))
+        httpx.post(api + "/entities", json=sensor(uid, value=3.0))
+        receiver.next()
+    finally:
+        first.stop()
+    second = start_server(settings)
+    try:
+        assert receiver.nothing_within(1.0)
+    finally:
+        second.stop()

@@ -2,17 +2,22 @@
 
 Flow: the ``ObservedStorage`` listener (:meth:`Notifier.on_changes`) only appends the
 committed changes to a list and wakes the dispatcher task. The dispatcher matches
-them against the subscriptions, renders the notifications and writes them to the
-outbox (SQLite) in one transaction. One delivery task per subscription reads its
-outbox rows in order and sends them one at a time: HTTP POST (httpx) or MQTT publish
-(paho-mqtt, in a worker thread). A failure is recorded in the subscription's status
-and retried with exponential back-off; a row leaves the outbox once delivered (or
-given up after ``max_attempts``).
+everything that piled up against the subscriptions, renders the notifications and
+writes them to the outbox (SQLite) in one transaction, then hands them to the
+queue of their endpoint. Each endpoint (notification URI) has its own connection
+pool and ``lanes`` sender tasks; a subscription always uses the same lane, which
+sends serially, so the notifications of a subscription (hence of an entity) arrive
+in order. A slow, hung or dead endpoint occupies only its own lanes and pool.
 
-Why one task per subscription, sending serially: notifications about one entity
-arrive in order, and a slow or dead endpoint holds back only its own subscription.
-The outbox is the bounded queue: rows beyond ``queue_limit`` per subscription are
-dropped oldest first (logged), so a dead endpoint cannot fill the disk.
+Delivery is at-least-once. A row leaves the outbox only after the endpoint accepted
+it; the deletions, and the subscriptions' delivery status, are written in batches
+every ``settle_interval_s`` (one transaction), so a crash may deliver again what was
+delivered in the last moments before it. Failures are retried with exponential
+back-off: connection errors, timeouts, 408, 429 and 5xx until they succeed (the
+endpoint is unreachable, not wrong); any other answer up to ``max_attempts``. The
+queue of an endpoint is bounded: past ``queue_limit`` waiting notifications the
+oldest waiting one is dropped (logged and deleted from the outbox), so a dead
+endpoint cannot fill memory or disk; an endpoint that keeps up never loses one.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
 import orjson
 
 from cityos.broker.changes import EntityChange
@@ -44,6 +49,7 @@ from cityos.broker.subscriptions import (
     summarise_change,
 )
 from cityos.core.errors import CityosError
+from cityos.core.http1 import Http1Connection
 from cityos.core.timeutil import format_datetime, now_utc
 from cityos.storage.subscriptions import SqliteSubscriptionStore
 
@@ -58,11 +64,18 @@ class DeliveryPolicy:
     """Retry and queue limits of the notifier."""
 
     max_attempts: int = 5
+    """Attempts at a notification the endpoint refuses (4xx other than 408 and 429)."""
     first_retry_s: float = 0.5
     max_retry_s: float = 30.0
     timeout_s: float = 5.0
     queue_limit: int = 10_000
-    batch: int = 64
+    """Waiting notifications per endpoint before the oldest are dropped."""
+    lanes: int = 8
+    """Sender tasks (and connections) per endpoint."""
+    settle_interval_s: float = 0.2
+    """How often deliveries are written back (outbox deletions, delivery status)."""
+    dispatch_slice: int = 64
+    """Commits matched and persisted per outbox transaction before yielding to senders."""
 
 
 def notification_body(sub: Subscription, data: list[dict[str, Any]]) -> dict[str, Any]:
@@ -85,6 +98,35 @@ def notification_body(sub: Subscription, data: list[dict[str, Any]]) -> dict[str
     return body
 
 
+@dataclass
+class _Queued:
+    """One persisted notification waiting for delivery."""
+
+    seq: int
+    key: _Key
+    payload: bytes
+
+
+class _Endpoint:
+    """The queue, lanes and connection pool of one notification URI."""
+
+    def __init__(self, lanes: int) -> None:
+        self.queues: list[deque[_Queued]] = [deque() for _ in range(lanes)]
+        self.wake: list[asyncio.Event] = [asyncio.Event() for _ in range(lanes)]
+        self.tasks: list[asyncio.Task[None]] = []
+        # Connections per lane (by origin): nothing is shared between endpoints, so a
+        # hung endpoint holding its connections cannot starve the others of theirs.
+        self.connections: list[dict[str, Http1Connection]] = [{} for _ in range(lanes)]
+
+    async def close(self) -> None:
+        for connections in self.connections:
+            for connection in connections.values():
+                await connection.close()
+
+    def waiting(self) -> int:
+        return sum(len(q) for q in self.queues)
+
+
 class Notifier:
     """Matches entity changes to subscriptions and delivers the notifications."""
 
@@ -101,46 +143,57 @@ class Notifier:
         self.policy = policy or DeliveryPolicy()
         self._changes: list[list[EntityChange]] = []
         self._wake: asyncio.Event | None = None
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._workers: dict[_Key, asyncio.Task[None]] = {}
-        self._worker_wake: dict[_Key, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._endpoints: dict[str, _Endpoint] = {}
         self._periodic: dict[_Key, asyncio.Task[None]] = {}
-        self._http: httpx.AsyncClient | None = None
+        self._next_seq = 0
+        self._settled: list[int] = []
+        self._dirty: dict[_Key, Subscription] = {}
+        self._dropped: dict[str, int] = {}
+        self.dropped_total = 0
+        """Notifications dropped from full queues since start (all endpoints)."""
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start the dispatcher and a delivery task per known subscription."""
+        """Start the dispatcher, requeue the persisted outbox, start periodic tasks."""
         self._wake = asyncio.Event()
-        self._http = httpx.AsyncClient(timeout=self.policy.timeout_s)
-        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="notifier-dispatch")
+        self._next_seq = self.store.last_seq() + 1
+        for seq, tenant, sub_id, payload in self.store.load_outbox():
+            sub = self.registry.get(tenant, sub_id)
+            if sub is None:
+                self._settled.append(seq)
+            else:
+                self._queue(sub, _Queued(seq, (tenant, sub_id), payload))
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="notifier-dispatch"),
+            asyncio.create_task(self._settle_loop(), name="notifier-settle"),
+        ]
         for sub in self.registry.all():
             self.watch(sub)
 
     async def stop(self) -> None:
-        """Cancel every task; undelivered notifications stay in the outbox."""
-        tasks = [
-            t for t in (self._dispatcher, *self._workers.values(), *self._periodic.values()) if t
-        ]
+        """Cancel every task and save what was delivered; the rest stays in the outbox."""
+        tasks = [*self._tasks, *self._periodic.values()]
+        for endpoint in self._endpoints.values():
+            tasks.extend(endpoint.tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._workers.clear()
+        self._tasks.clear()
         self._periodic.clear()
-        if self._http is not None:
-            await self._http.aclose()
+        self.settle()
+        for endpoint in self._endpoints.values():
+            await endpoint.close()
+        self._endpoints.clear()
 
     def watch(self, sub: Subscription) -> None:
-        """(Re)start the tasks of a subscription after it was created or changed."""
+        """(Re)start the periodic task of a subscription after it was created or changed."""
         key = (sub.tenant, sub.id)
         if self._wake is None:
             return
-        if key not in self._workers or self._workers[key].done():
-            self._worker_wake[key] = asyncio.Event()
-            self._workers[key] = asyncio.create_task(self._deliver_loop(key))
-        self._worker_wake[key].set()
         periodic = self._periodic.pop(key, None)
         if periodic is not None:
             periodic.cancel()
@@ -151,13 +204,40 @@ class Notifier:
             )
 
     def unwatch(self, tenant: str, sub_id: str) -> None:
-        """Stop the tasks of a deleted subscription."""
-        key = (tenant, sub_id)
-        for tasks in (self._workers, self._periodic):
-            task = tasks.pop(key, None)
-            if task is not None:
-                task.cancel()
-        self._worker_wake.pop(key, None)
+        """Stop the periodic task of a deleted subscription; its queued notifications
+        are skipped when their turn comes."""
+        task = self._periodic.pop((tenant, sub_id), None)
+        if task is not None:
+            task.cancel()
+        self._dirty.pop((tenant, sub_id), None)
+
+    def settle(self) -> None:
+        """Write the pending outbox deletions and delivery statuses (one transaction)."""
+        for uri, count in self._dropped.items():
+            log.warning(
+                "Endpoint %s: queue full, dropped the %d oldest notification(s)", uri, count
+            )
+            self.dropped_total += count
+        self._dropped.clear()
+        seqs, self._settled = self._settled, []
+        dirty, self._dirty = self._dirty, {}
+        records = [
+            (sub.tenant, sub.id, sub.to_record())
+            for key, sub in dirty.items()
+            if self.registry.get(*key) is sub
+        ]
+        try:
+            self.store.settle(seqs, records)
+        except Exception:
+            log.exception("Saving notification outcomes failed; retrying later")
+            self._settled.extend(seqs)
+            for key, sub in dirty.items():
+                self._dirty.setdefault(key, sub)
+
+    async def _settle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.settle_interval_s)
+            self.settle()
 
     # ------------------------------------------------------------------- matching
 
@@ -174,23 +254,36 @@ class Notifier:
             await self._wake.wait()
             self._wake.clear()
             batches, self._changes = self._changes, []
-            for changes in batches:
+            # In slices, yielding in between: after a stall the backlog would otherwise
+            # keep the senders (and the writers' requests) waiting until all of it is done.
+            for start in range(0, len(batches), self.policy.dispatch_slice):
+                matched: list[dict[_Key, list[list[dict[str, Any]]]]] = []
+                for changes in batches[start : start + self.policy.dispatch_slice]:
+                    try:
+                        matched.append(self.match(changes))
+                    except Exception:
+                        log.exception(
+                            "Matching %d change(s) against subscriptions failed", len(changes)
+                        )
                 try:
-                    self.dispatch(changes)
+                    self._enqueue(matched)
                 except Exception:
-                    log.exception(
-                        "Matching %d change(s) against subscriptions failed", len(changes)
-                    )
+                    log.exception("Queueing notifications failed")
+                await asyncio.sleep(0)
 
-    def dispatch(self, changes: list[EntityChange]) -> None:
-        """Match one commit's changes, persist the notifications, wake their senders."""
+    def match(self, changes: list[EntityChange]) -> dict[_Key, list[list[dict[str, Any]]]]:
+        """The notification data one commit's changes give each subscription: a list of
+        notifications (each a list of entities), a new one whenever an entity repeats so
+        that its states arrive in order."""
         now = now_utc()
         per_sub: dict[_Key, list[list[dict[str, Any]]]] = {}
         seen: dict[_Key, set[str]] = {}
         for change in changes:
             entity = change.after if change.after is not None else change.before
             assert entity is not None
-            candidates = self.registry.candidates(change.tenant, entity.get("type", []))
+            candidates = self.registry.candidates(
+                change.tenant, entity.get("type", []), change.entity_id
+            )
             if not candidates:
                 continue
             summary: ChangeSummary | None = None
@@ -211,45 +304,67 @@ class Notifier:
                 groups = per_sub.setdefault(key, [[]])
                 ids = seen.setdefault(key, set())
                 if change.entity_id in ids:
-                    # The same entity twice in one commit: a notification of its own,
-                    # so that its states arrive in order.
                     groups.append([])
                     ids.clear()
                 ids.add(change.entity_id)
                 groups[-1].extend(data)
-        self._enqueue(per_sub)
+        return per_sub
 
-    def _enqueue(self, per_sub: dict[_Key, list[list[dict[str, Any]]]]) -> None:
-        rows: list[tuple[str, str, bytes]] = []
-        woken: list[_Key] = []
+    def _enqueue(self, matched: list[dict[_Key, list[list[dict[str, Any]]]]]) -> None:
+        """Persist the notifications in one transaction, then queue them for delivery."""
+        rows: list[tuple[int, str, str, bytes]] = []
+        queued: list[tuple[Subscription, _Queued]] = []
         mono = time.monotonic()
-        for key, groups in per_sub.items():
-            sub = self.registry.get(*key)
-            if sub is None or sub.rules is None:
-                continue
-            for data in groups:
-                if not data:
+        for per_sub in matched:
+            for key, groups in per_sub.items():
+                sub = self.registry.get(*key)
+                if sub is None or sub.rules is None:
                     continue
                 throttling = sub.rules.throttling_s
-                if (
-                    throttling is not None
-                    and sub.last_notified is not None
-                    and mono - sub.last_notified < throttling
-                ):
-                    continue
-                sub.last_notified = mono
-                rows.append((key[0], key[1], orjson.dumps(notification_body(sub, data))))
-                woken.append(key)
+                for data in groups:
+                    if not data:
+                        continue
+                    if (
+                        throttling is not None
+                        and sub.last_notified is not None
+                        and mono - sub.last_notified < throttling
+                    ):
+                        continue
+                    sub.last_notified = mono
+                    item = _Queued(self._next_seq, key, orjson.dumps(notification_body(sub, data)))
+                    self._next_seq += 1
+                    rows.append((item.seq, key[0], key[1], item.payload))
+                    queued.append((sub, item))
         if not rows:
             return
         self.store.enqueue(rows)
-        for key in dict.fromkeys(woken):
-            if self.store.pending_count(*key) > self.policy.queue_limit:
-                dropped = self.store.drop_oldest(*key, self.policy.queue_limit)
-                log.warning("Subscription %s: outbox full, dropped %d oldest", key[1], dropped)
-            event = self._worker_wake.get(key)
-            if event is not None:
-                event.set()
+        for sub, item in queued:
+            self._queue(sub, item)
+
+    def _queue(self, sub: Subscription, item: _Queued) -> None:
+        """Put a persisted notification on its endpoint's lane, dropping the oldest
+        waiting one of that lane when the endpoint's queue is full."""
+        assert sub.rules is not None
+        uri = sub.rules.endpoint.uri
+        endpoint = self._endpoints.get(uri)
+        if endpoint is None:
+            endpoint = self._endpoints[uri] = self._open_endpoint()
+        lane = hash(item.key) % len(endpoint.queues)
+        queue = endpoint.queues[lane]
+        if endpoint.waiting() >= self.policy.queue_limit and queue:
+            self._settled.append(queue.popleft().seq)
+            # Counted, and logged by settle(): a dead endpoint drops one per change.
+            self._dropped[uri] = self._dropped.get(uri, 0) + 1
+        queue.append(item)
+        endpoint.wake[lane].set()
+
+    def _open_endpoint(self) -> _Endpoint:
+        policy = self.policy
+        endpoint = _Endpoint(policy.lanes)
+        endpoint.tasks = [
+            asyncio.create_task(self._deliver_loop(endpoint, lane)) for lane in range(policy.lanes)
+        ]
+        return endpoint
 
     def _fetch(self, tenant: str) -> Any:
         def fetch(ids: set[str]) -> dict[str, StoredEntity]:
@@ -295,70 +410,76 @@ class Notifier:
             )
         else:
             data = [render_entity(e, compact, rules.render) for e in entities]
-        self._enqueue({(sub.tenant, sub.id): [data]})
+        self._enqueue([{(sub.tenant, sub.id): [data]}])
 
     # ------------------------------------------------------------------- delivery
 
-    async def _deliver_loop(self, key: _Key) -> None:
-        event = self._worker_wake[key]
+    async def _deliver_loop(self, endpoint: _Endpoint, lane: int) -> None:
+        queue, event = endpoint.queues[lane], endpoint.wake[lane]
         policy = self.policy
         while True:
-            event.clear()
-            if self.registry.get(*key) is None:
-                return
-            rows = self.store.pending(key[0], key[1], policy.batch)
-            if not rows:
+            if not queue:
+                event.clear()
                 await event.wait()
                 continue
-            for seq, payload in rows:
-                attempt = 0
-                while True:
-                    sub = self.registry.get(*key)
-                    if sub is None:
-                        return
-                    if await self._send(sub, payload):
-                        break
-                    attempt += 1
-                    if attempt >= policy.max_attempts:
-                        log.warning(
-                            "Subscription %s: giving up a notification after %d attempts",
-                            sub.id,
-                            attempt,
-                        )
-                        break
-                    await asyncio.sleep(
-                        min(policy.max_retry_s, policy.first_retry_s * 2 ** (attempt - 1))
+            item = queue.popleft()
+            attempt = 0
+            while True:
+                sub = self.registry.get(*item.key)
+                if sub is None:
+                    break
+                failure = await self._send(sub, endpoint.connections[lane], item.payload)
+                if failure is None:
+                    break
+                attempt += 1
+                if not failure and attempt >= policy.max_attempts:
+                    log.warning(
+                        "Subscription %s: giving up a notification after %d attempts",
+                        sub.id,
+                        attempt,
                     )
-                self.store.remove(seq)
+                    break
+                await asyncio.sleep(
+                    min(policy.max_retry_s, policy.first_retry_s * 2 ** min(attempt - 1, 30))
+                )
+            self._settled.append(item.seq)
 
-    async def _send(self, sub: Subscription, payload: bytes) -> bool:
-        """Send one notification; record the outcome in the subscription's status."""
+    async def _send(
+        self, sub: Subscription, connections: dict[str, Http1Connection], payload: bytes
+    ) -> bool | None:
+        """Send one notification and record the outcome in the subscription's status.
+
+        ``None``: delivered; ``True``: a transient failure (worth retrying until it
+        works); ``False``: the endpoint refused it.
+        """
         rules = sub.rules
         assert rules is not None
-        endpoint = rules.endpoint
+        target = rules.endpoint
         sent_at = format_datetime(now_utc())
+        failure: bool | None = None
         try:
-            if endpoint.scheme in ("mqtt", "mqtts"):
+            if target.scheme in ("mqtt", "mqtts"):
                 await self._publish_mqtt(sub, payload)
             else:
-                await self._post_http(sub, payload)
-            ok = True
+                status = await self._post_http(sub, connections, payload)
+                if not 200 <= status < 300:
+                    failure = status in (408, 429) or status >= 500
+                    log.info("Notification of %s to %s: HTTP %d", sub.id, target.uri, status)
         except Exception as exc:
-            log.info("Notification of %s to %s failed: %s", sub.id, endpoint.uri, exc)
-            ok = False
+            log.info("Notification of %s to %s failed: %r", sub.id, target.uri, exc)
+            failure = True
         delivery = sub.delivery
         delivery.times_sent += 1
         delivery.last_notification = sent_at
-        if ok:
+        if failure is None:
             delivery.last_success = sent_at
             delivery.status = "ok"
         else:
             delivery.times_failed += 1
             delivery.last_failure = sent_at
             delivery.status = "failed"
-        if self.registry.get(sub.tenant, sub.id) is sub:
-            self.store.save(sub.tenant, sub.id, sub.to_record())
-        return ok
+        self._dirty[(sub.tenant, sub.id)] = sub
+        return failure
 
     def _headers(self, sub: Subscription) -> dict[str, str]:
         assert sub.rules is not None and sub.notify_ctx is not None
@@ -376,17 +497,20 @@ class Notifier:
             headers[key] = value
         return headers
 
-    async def _post_http(self, sub: Subscription, payload: bytes) -> None:
-        assert sub.rules is not None and self._http is not None
+    async def _post_http(
+        self, sub: Subscription, connections: dict[str, Http1Connection], payload: bytes
+    ) -> int:
+        assert sub.rules is not None
         endpoint = sub.rules.endpoint
-        response = await self._http.post(
+        connection = Http1Connection.for_url(endpoint.uri)
+        origin = f"{connection.scheme}://{connection.host}:{connection.port}"
+        connection = connections.setdefault(origin, connection)
+        return await connection.post(
             endpoint.uri,
-            content=payload,
-            headers=self._headers(sub),
-            timeout=endpoint.timeout_s or self.policy.timeout_s,
+            payload,
+            self._headers(sub),
+            endpoint.timeout_s or self.policy.timeout_s,
         )
-        if not 200 <= response.status_code < 300:
-            raise RuntimeError(f"HTTP {response.status_code}")
 
     async def _publish_mqtt(self, sub: Subscription, payload: bytes) -> None:
         assert sub.rules is not None

@@ -938,14 +938,18 @@ def entity_matches_query(rules: SubscriptionRules, entity: StoredEntity) -> bool
 
 
 class SubscriptionRegistry:
-    """Subscriptions in memory, indexed per tenant by entity type IRI for quick lookup.
+    """Subscriptions in memory, indexed per tenant for quick lookup of a change's candidates.
 
-    Subscriptions whose entity types cannot be listed (type expressions with ``;``)
-    or that have no ``entities`` are candidates for every change of their tenant.
+    A subscription whose every selector names entity ids is indexed by those ids (a
+    change to another entity never looks at it); otherwise by the entity type IRIs
+    it lists. Subscriptions whose entity types cannot be listed (type expressions
+    with ``;``) or that have no ``entities`` are candidates for every change of their
+    tenant.
     """
 
     def __init__(self) -> None:
         self._by_id: dict[tuple[str, str], Subscription] = {}
+        self._by_entity: dict[str, dict[str, dict[str, Subscription]]] = {}
         self._by_type: dict[str, dict[str, dict[str, Subscription]]] = {}
         self._any_type: dict[str, dict[str, Subscription]] = {}
 
@@ -963,13 +967,19 @@ class SubscriptionRegistry:
     def put(self, sub: Subscription) -> None:
         """Add or replace (re-indexing) a compiled subscription."""
         self.remove(sub.tenant, sub.id)
-        assert sub.rules is not None
+        rules = sub.rules
+        assert rules is not None
         self._by_id[(sub.tenant, sub.id)] = sub
-        if sub.rules.type_iris is None:
+        entity_ids = _selected_ids(rules.selectors)
+        if entity_ids is not None:
+            index = self._by_entity.setdefault(sub.tenant, {})
+            for entity_id in entity_ids:
+                index.setdefault(entity_id, {})[sub.id] = sub
+        elif rules.type_iris is None:
             self._any_type.setdefault(sub.tenant, {})[sub.id] = sub
         else:
             index = self._by_type.setdefault(sub.tenant, {})
-            for iri in sub.rules.type_iris:
+            for iri in rules.type_iris:
                 index.setdefault(iri, {})[sub.id] = sub
 
     def remove(self, tenant: str, sub_id: str) -> Subscription | None:
@@ -978,15 +988,37 @@ class SubscriptionRegistry:
         if sub is None:
             return None
         self._any_type.get(tenant, {}).pop(sub_id, None)
-        for subs in self._by_type.get(tenant, {}).values():
-            subs.pop(sub_id, None)
+        assert sub.rules is not None
+        for index, keys in (
+            (self._by_entity.get(tenant, {}), _selected_ids(sub.rules.selectors) or ()),
+            (self._by_type.get(tenant, {}), sub.rules.type_iris or ()),
+        ):
+            for key in keys:
+                subs = index.get(key)
+                if subs is not None:
+                    subs.pop(sub_id, None)
+                    if not subs:
+                        del index[key]
         return sub
 
-    def candidates(self, tenant: str, types: Iterable[str]) -> list[Subscription]:
-        """Subscriptions that may match an entity of these types (a superset)."""
+    def candidates(
+        self, tenant: str, types: Iterable[str], entity_id: str | None = None
+    ) -> list[Subscription]:
+        """Subscriptions that may match an entity of these types and this id (a superset).
+
+        Without ``entity_id``, subscriptions indexed by entity id are left out."""
         found: dict[str, Subscription] = dict(self._any_type.get(tenant, {}))
         index = self._by_type.get(tenant)
         if index:
             for iri in types:
                 found.update(index.get(iri, {}))
+        if entity_id is not None:
+            found.update(self._by_entity.get(tenant, {}).get(entity_id, {}))
         return list(found.values())
+
+
+def _selected_ids(selectors: tuple[EntitySelector, ...]) -> frozenset[str] | None:
+    """The entity ids the selectors are limited to, or ``None`` when any selector is not."""
+    if not selectors or any(s.ids is None for s in selectors):
+        return None
+    return frozenset().union(*(s.ids for s in selectors if s.ids is not None))

@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     subscription_id TEXT NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_by_subscription ON outbox (tenant, subscription_id, seq);
+-- The outbox is read whole at start-up and deleted from by seq; an index by
+-- subscription would only slow down its thousands of inserts and deletes a second.
+DROP INDEX IF EXISTS outbox_by_subscription;
 """
 
 
@@ -77,44 +79,43 @@ class SqliteSubscriptionStore:
 
     # -------------------------------------------------------------------- outbox
 
-    def enqueue(self, rows: list[tuple[str, str, bytes]]) -> None:
-        """Add ``(tenant, subscription_id, payload)`` notifications in one transaction."""
+    def enqueue(self, rows: list[tuple[int, str, str, bytes]]) -> None:
+        """Add ``(seq, tenant, subscription_id, payload)`` notifications in one transaction.
+
+        The caller numbers them (see :meth:`last_seq`): it needs the numbers at once to
+        delete the rows after delivery, and one process owns the file.
+        """
         if not rows:
             return
         self._db.execute("BEGIN")
         self._db.executemany(
-            "INSERT INTO outbox (tenant, subscription_id, payload) VALUES (?, ?, ?)", rows
+            "INSERT INTO outbox (seq, tenant, subscription_id, payload) VALUES (?, ?, ?, ?)", rows
         )
         self._db.execute("COMMIT")
 
-    def pending(self, tenant: str, sub_id: str, limit: int) -> list[tuple[int, bytes]]:
-        """The oldest ``limit`` undelivered notifications of a subscription, oldest first."""
+    def last_seq(self) -> int:
+        """The highest sequence number ever given to an outbox row (0 if none)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        newest = self._db.execute("SELECT MAX(seq) FROM outbox").fetchone()
+        return max(int(row[0]) if row else 0, int(newest[0] or 0))
+
+    def load_outbox(self) -> list[tuple[int, str, str, bytes]]:
+        """Every undelivered notification as ``(seq, tenant, subscription_id, payload)``,
+        oldest first."""
         rows = self._db.execute(
-            "SELECT seq, payload FROM outbox WHERE tenant = ? AND subscription_id = ? "
-            "ORDER BY seq LIMIT ?",
-            (tenant, sub_id, limit),
+            "SELECT seq, tenant, subscription_id, payload FROM outbox ORDER BY seq"
         )
-        return [(int(seq), bytes(payload)) for seq, payload in rows]
+        return [(int(seq), tenant, sub_id, bytes(payload)) for seq, tenant, sub_id, payload in rows]
 
-    def pending_count(self, tenant: str, sub_id: str) -> int:
-        """How many notifications of a subscription wait for delivery."""
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM outbox WHERE tenant = ? AND subscription_id = ?",
-            (tenant, sub_id),
-        ).fetchone()
-        return int(row[0])
-
-    def remove(self, seq: int) -> None:
-        """Forget a notification (delivered, or given up on)."""
-        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-
-    def drop_oldest(self, tenant: str, sub_id: str, keep: int) -> int:
-        """Keep only the newest ``keep`` notifications of a subscription; return how many
-        were dropped."""
-        cursor = self._db.execute(
-            "DELETE FROM outbox WHERE tenant = ? AND subscription_id = ? AND seq NOT IN "
-            "(SELECT seq FROM outbox WHERE tenant = ? AND subscription_id = ? "
-            "ORDER BY seq DESC LIMIT ?)",
-            (tenant, sub_id, tenant, sub_id, keep),
+    def settle(self, seqs: list[int], records: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """In one transaction: forget delivered (or dropped) notifications and save
+        subscription records ``(tenant, id, record)`` of subscriptions that still exist."""
+        if not seqs and not records:
+            return
+        self._db.execute("BEGIN")
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+        self._db.executemany(
+            "UPDATE subscriptions SET record = ? WHERE tenant = ? AND id = ?",
+            [(orjson.dumps(record), tenant, sub_id) for tenant, sub_id, record in records],
         )
-        return cursor.rowcount
+        self._db.execute("COMMIT")
