@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from loadgen import run_wrk
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -63,18 +63,6 @@ PORTS = {"server": free_port(), "bare": free_port(), "rss": free_port()}
 
 # Toyama City, roughly: where the simulated sensors stand.
 MIN_LON, MAX_LON, MIN_LAT, MAX_LAT = 137.10, 137.35, 36.55, 36.78
-
-WRK_REPORT = """
-done = function(summary, latency, requests)
-  io.write(string.format("JSON{\\"requests\\":%d,\\"seconds\\":%f,\\"errors\\":%d,"
-    .. "\\"non2xx\\":%d,\\"p50_ms\\":%f,\\"p95_ms\\":%f,\\"p99_ms\\":%f}\\n",
-    summary.requests, summary.duration / 1e6,
-    summary.errors.connect + summary.errors.read + summary.errors.write
-      + summary.errors.timeout, summary.errors.status,
-    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
-    latency:percentile(99) / 1000))
-end
-"""
 
 
 @dataclass
@@ -173,33 +161,8 @@ def rss_mb(pid: int) -> float:
 
 
 def wrk(url: str, script: str, *, seconds: int, connections: int, name: str, target: str) -> Figure:
-    """Run wrk with a Lua ``script`` (plus the JSON reporter) and parse its figures."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(script + WRK_REPORT)
-        path = handle.name
-    try:
-        result = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{seconds}s",
-                "--timeout",
-                "10s",
-                "-s",
-                path,
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    finally:
-        os.unlink(path)
-    match = re.search(r"JSON(\{.*\})", result.stdout)
-    if match is None:
-        raise RuntimeError(f"wrk gave no report:\n{result.stdout}\n{result.stderr}")
-    data = json.loads(match.group(1))
+    """Run a wrk scenario and keep its figures under ``name``."""
+    data = run_wrk(url, script, seconds=seconds, connections=connections)
     return Figure(
         name,
         data["requests"] / data["seconds"],

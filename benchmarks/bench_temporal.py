@@ -32,10 +32,8 @@ Needs ``wrk`` (Debian: ``apt-get install -y wrk``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import re
 import shutil
 import signal
 import sqlite3
@@ -49,6 +47,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from loadgen import run_wrk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
@@ -67,17 +66,6 @@ GAUGE_TYPE = "https://smartdatamodels.org/dataModel.Environment/WaterObserved"
 LEVEL = "https://smartdatamodels.org/dataModel.Environment/height"
 CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 PORT = 8921
-
-WRK_REPORT = """
-done = function(summary, latency, requests)
-  io.write(string.format("JSON{\\"requests\\":%d,\\"seconds\\":%f,\\"errors\\":%d,"
-    .. "\\"non2xx\\":%d,\\"p50_ms\\":%f,\\"p95_ms\\":%f}\\n",
-    summary.requests, summary.duration / 1e6,
-    summary.errors.connect + summary.errors.read + summary.errors.write
-      + summary.errors.timeout, summary.errors.status,
-    latency:percentile(50) / 1000, latency:percentile(95) / 1000))
-end
-"""
 
 
 def gauge_id(n: int) -> str:
@@ -235,38 +223,6 @@ def lua(gauges: int, months: int, kind: str) -> str:
     )
 
 
-def wrk(url: str, script: str, *, seconds: int, connections: int) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(script + WRK_REPORT)
-        path = handle.name
-    try:
-        result = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{seconds}s",
-                "--timeout",
-                "10s",
-                "-s",
-                path,
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    finally:
-        os.unlink(path)
-    if result.returncode != 0:
-        raise RuntimeError(f"wrk failed:\n{result.stdout}\n{result.stderr}")
-    match = re.search(r"JSON(\{.*\})", result.stdout)
-    if match is None:
-        raise RuntimeError(f"wrk gave no report:\n{result.stdout}\n{result.stderr}")
-    data: dict[str, float] = json.loads(match.group(1))
-    return data
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=5_000_000)
@@ -357,7 +313,7 @@ def measure(
                         raise
                     time.sleep(0.1)
             results = {
-                kind: wrk(
+                kind: run_wrk(
                     base,
                     lua(gauges, months, kind),
                     seconds=args.seconds,
