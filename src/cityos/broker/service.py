@@ -231,26 +231,7 @@ class ContextBroker:
             result.updated.append(SCOPE_IRI)
         attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
         for iri, changes in edit.attrs.items():
-            existing = attrs.get(iri, [])
-            changed = False
-            for change in changes:
-                target = _find_instance(existing, change.dataset_id)
-                if change.instance is None:
-                    if target is not None:
-                        existing.remove(target)
-                        changed = True
-                elif target is None:
-                    existing.append(change.instance)
-                    changed = True
-                elif not no_overwrite:
-                    change.instance["createdAt"] = target.get("createdAt", now)
-                    existing[existing.index(target)] = change.instance
-                    changed = True
-            if existing:
-                attrs[iri] = existing
-            else:
-                attrs.pop(iri, None)
-            if changed:
+            if _apply_instance_changes(attrs, iri, changes, now, overwrite=not no_overwrite):
                 result.updated.append(iri)
             elif no_overwrite:
                 result.not_updated.append((iri, "attribute exists and noOverwrite was given"))
@@ -281,24 +262,7 @@ class ContextBroker:
                 result.not_updated.append((SCOPE_IRI, "the entity has no scope to update"))
         attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
         for iri, changes in edit.attrs.items():
-            existing = attrs.setdefault(iri, [])
-            applied = False
-            for change in changes:
-                target = _find_instance(existing, change.dataset_id)
-                if change.instance is None:
-                    if target is not None:
-                        existing.remove(target)
-                        applied = True
-                elif target is None:
-                    existing.append(change.instance)
-                    applied = True
-                else:
-                    change.instance["createdAt"] = target.get("createdAt", now)
-                    existing[existing.index(target)] = change.instance
-                    applied = True
-            if not existing:
-                del attrs[iri]
-            if applied:
+            if _apply_instance_changes(attrs, iri, changes, now, overwrite=True):
                 result.updated.append(iri)
                 changed = True
             else:
@@ -624,6 +588,40 @@ def _payload_id(payload: object) -> str:
         if isinstance(raw, str):
             return raw
     return ""
+
+
+def _apply_instance_changes(
+    attrs: dict[str, list[AttributeInstance]],
+    iri: str,
+    changes: Iterable[_Change],
+    now: str,
+    *,
+    overwrite: bool,
+) -> bool:
+    """Apply one attribute's instance changes: a null deletes the instance with its
+    datasetId, a new datasetId is appended, an existing one is replaced (keeping its
+    createdAt) only when ``overwrite``. Drops the attribute when no instance is left;
+    returns whether anything changed."""
+    existing = attrs.get(iri, [])
+    changed = False
+    for change in changes:
+        target = _find_instance(existing, change.dataset_id)
+        if change.instance is None:
+            if target is not None:
+                existing.remove(target)
+                changed = True
+        elif target is None:
+            existing.append(change.instance)
+            changed = True
+        elif overwrite:
+            change.instance["createdAt"] = target.get("createdAt", now)
+            existing[existing.index(target)] = change.instance
+            changed = True
+    if existing:
+        attrs[iri] = existing
+    else:
+        attrs.pop(iri, None)
+    return changed
 
 
 def _find_instance(

@@ -738,17 +738,8 @@ def match_change(
     """
     entity = change.after if change.after is not None else change.before
     assert entity is not None
-    if rules.selectors and not any(s.matches(entity) for s in rules.selectors):
+    if not _passes_entity_filters(rules, entity):
         return None
-    if rules.q is not None and not rules.q.matches(entity):
-        return None
-    if rules.scope_q is not None and not rules.scope_q.matches(entity.get("scope", [])):
-        return None
-    if rules.geo is not None:
-        assert rules.geo_attr is not None
-        instances = entity.get("attrs", {}).get(rules.geo_attr, [])
-        if not any(rules.geo.matches(instance_value(i)) for i in instances):
-            return None
 
     def relevant(keys: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
         return frozenset(
@@ -918,9 +909,14 @@ def _add_extras(
 
 def entity_matches_query(rules: SubscriptionRules, entity: StoredEntity) -> bool:
     """For periodic (``timeInterval``) notifications: does the entity match right now?"""
-    if rules.selectors and not any(s.matches(entity) for s in rules.selectors):
-        return False
     if rules.watched is not None and rules.watched.isdisjoint(entity.get("attrs", {})):
+        return False
+    return _passes_entity_filters(rules, entity)
+
+
+def _passes_entity_filters(rules: SubscriptionRules, entity: StoredEntity) -> bool:
+    """The entity meets the subscription's selectors, ``q``, ``scopeQ`` and ``geoQ``."""
+    if rules.selectors and not any(s.matches(entity) for s in rules.selectors):
         return False
     if rules.q is not None and not rules.q.matches(entity):
         return False
