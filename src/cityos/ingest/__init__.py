@@ -1,0 +1,1 @@
+"""Sensor ingestion: LoRaWAN network servers to entities (see ``model`` for the seam)."""
