@@ -299,6 +299,15 @@ class Storage(Protocol):
         and history diffs; returning it spares listeners a second read.)"""
         ...
 
+    def write_many(
+        self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
+    ) -> None:
+        """Write entities whose previous documents the caller read in this transaction,
+        in order: (``None``, new) inserts, (old, new) replaces ``old`` by ``new``, with the
+        history rows of each pair's difference (the lean path of sensor ingestion; the
+        same entity may appear several times, each pair starting where the last ended)."""
+        ...
+
     def delete(self, tenant: str, entity_id: str) -> bool:
         """Delete an entity; ``False`` when it did not exist."""
         ...

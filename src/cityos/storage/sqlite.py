@@ -52,6 +52,7 @@ from cityos.storage.base import (
     instance_time_ms,
     numeric_value,
 )
+from cityos.storage.ingest_sqlite import SqliteIngestTables
 from cityos.storage.migrations import load_migrations
 
 GEO_SLOTS = 256
@@ -115,7 +116,7 @@ def upgrade_schema(db: sqlite3.Connection, *, target: int | None = None) -> list
     return applied
 
 
-class SqliteStorage:
+class SqliteStorage(SqliteIngestTables):
     """``Storage`` on one SQLite file. See :class:`cityos.storage.base.Storage`."""
 
     def __init__(self, path: Path, *, cache_mb: int = 64) -> None:
@@ -348,6 +349,16 @@ class SqliteStorage:
             now = entity.get("modifiedAt") or now_iso()
             self._record(tenant, entity, changed_instances(old, entity, now), old["type"])
             return old
+
+    def write_many(
+        self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
+    ) -> None:
+        with self.transaction():
+            for old, new in changes:
+                if old is None:
+                    self.insert(tenant, new)
+                else:
+                    self.update(tenant, new)
 
     def delete(self, tenant: str, entity_id: str) -> bool:
         with self.transaction():
