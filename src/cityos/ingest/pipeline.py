@@ -19,7 +19,7 @@ written again message by message so that only that message becomes a dead letter
 Each uplink updates its device's ``Device`` entity (``urn:ngsi-ld:Device:{deveui}``):
 ``rssi``/``snr`` of the best gateway, ``dateLastValueReported``, ``deviceState``
 ("ok"), ``batteryLevel`` when the codec decoded one (a fraction 0..1), ``location``
-when it decoded a position (GPS trackers move) or else the registry's position; the
+when it decoded a position (GPS trackers move; the registry keeps fixed ones); the
 profile's measurements update their target entities, all with ``observedAt`` = the
 uplink time.
 """
@@ -151,8 +151,12 @@ class Pipeline:
         stats: IngestStats | None = None,
         limits: PipelineLimits | None = None,
         clock_ms: Callable[[], int] | None = None,
+        after_commit: Callable[[set[str], str], None] | None = None,
     ) -> None:
+        """``after_commit(dev_euis, observed_at)`` is told, after each commit, which
+        devices had uplinks stored and the latest uplink time among them."""
         self.storage = storage
+        self._after_commit = after_commit
         self.tables = tables
         self.writer = writer
         self.registry = registry
@@ -358,13 +362,22 @@ class Pipeline:
         )
 
     def _note_gateways(self, work: list[_Work]) -> None:
+        devices: set[str] = set()
+        latest = ""
         for item in work:
             for uplink in item.stored_uplinks:
+                devices.add(uplink.dev_eui)
+                latest = max(latest, uplink.observed_at)
                 if uplink.receptions:
                     try:
                         self.registry.note_gateways(uplink.receptions, uplink.observed_at)
                     except Exception:
                         log.exception("Recording the gateways of an uplink failed")
+        if self._after_commit is not None:
+            try:
+                self._after_commit(devices, latest)
+            except Exception:
+                log.exception("After-commit work of a batch failed")
 
     def _outcome(self, item: _Work) -> Outcome:
         stats = self.stats
@@ -404,8 +417,8 @@ def best_reception(receptions: Sequence[GatewayReception]) -> GatewayReception |
 def device_update(device: Any, uplink: Uplink, decoded: DecodedUplink) -> EntityWrite:
     """The ``Device`` entity's attributes an uplink sets (see the module docstring).
 
-    ``device`` is the registry's record (Any: its optional ``name``, ``latitude`` and
-    ``longitude`` are read when present).
+    ``device`` is the registry's record (Any: not read; the registry writes the Device's
+    name and fixed position itself).
     """
     at = uplink.observed_at
     attrs: dict[str, dict[str, Any]] = {
@@ -437,16 +450,6 @@ def device_update(device: Any, uplink: Uplink, decoded: DecodedUplink) -> Entity
             "value": {"type": "Point", "coordinates": list(position)},
             "observedAt": at,
         }
-    else:
-        latitude, longitude = getattr(device, "latitude", None), getattr(device, "longitude", None)
-        if isinstance(latitude, int | float) and isinstance(longitude, int | float):
-            attrs["location"] = {
-                "type": "GeoProperty",
-                "value": {"type": "Point", "coordinates": [longitude, latitude]},
-            }
-    name = getattr(device, "name", None)
-    if isinstance(name, str) and name:
-        attrs["name"] = {"type": "Property", "value": name}
     return EntityWrite(device_entity_id(uplink.dev_eui), DEVICE_TYPE, attrs)
 
 
