@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -18,6 +18,7 @@ from starlette.routing import Match
 
 from cityos import __version__
 from cityos.api import events
+from cityos.api import ingest as ingest_routes
 from cityos.api.auth import ApiKeyMiddleware
 from cityos.api.ngsild import batch, contexts, discovery, entities, subscriptions, temporal
 from cityos.api.ngsild.common import TrailingSlashMiddleware
@@ -37,10 +38,13 @@ from cityos.broker.subscriptions import SubscriptionRegistry
 from cityos.broker.temporal import TemporalBroker, retention_from_settings
 from cityos.core import errors
 from cityos.core.timeutil import datetime_ms, now_iso
+from cityos.ingest.registry import DeviceRegistry
+from cityos.ingest.runtime import IngestRuntime
 from cityos.settings import Settings
 from cityos.storage import postgres, sqlite
 from cityos.storage.base import TemporalStorage
 from cityos.storage.documents import SqliteDocumentTable
+from cityos.storage.ingest_tables import IngestTables
 from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.postgres import PostgresStorage, is_postgres_url
 from cityos.storage.sqlite import SqliteStorage
@@ -136,6 +140,40 @@ async def run_retention(
         await asyncio.sleep(interval_s)
 
 
+async def _start_ingestion(
+    app: FastAPI,
+    settings: Settings,
+    store: TemporalStorage,
+    observed: ObservedStorage,
+    expand: Callable[[str], str],
+) -> IngestRuntime | None:
+    """Start sensor ingestion (HTTP endpoints, MQTT when ``CITYOS_MQTT_URL`` is set,
+    device health) when the storage backend has the ingestion tables."""
+    if not isinstance(store, IngestTables):
+        log.warning("Storage %r has no ingestion tables: ingestion is off", store)
+        return None
+    registry = DeviceRegistry(app.state.broker, tenant=settings.ingest_tenant, expand=expand)
+    registry.load()
+    observed.add_listener(registry.on_changes)
+    runtime = IngestRuntime(
+        settings,
+        storage=observed,
+        backend=store,
+        tables=store,
+        broker=app.state.broker,
+        registry=registry,
+        expand=expand,
+    )
+    await runtime.start()
+    app.state.ingest_registry = registry
+    app.state.ingest_intake = runtime.intake
+    app.state.ingest_stats = runtime.stats
+    app.state.ingest_tables = store
+    app.state.ingest_mqtt_status = runtime.mqtt_status
+    app.state.ingest = runtime
+    return runtime
+
+
 def create_app(
     settings: Settings | None = None, *, storage: TemporalStorage | None = None
 ) -> FastAPI:
@@ -161,12 +199,15 @@ def create_app(
             retention_task = asyncio.create_task(
                 run_retention(app.state.temporal, retention_ms, settings.retention_interval_s)
             )
+        ingest = await _start_ingestion(app, settings, store, observed, core.expand)
         if settings.auth == "off":
             log.warning(
                 "Authentication is OFF (CITYOS_AUTH=off): anyone can write. "
                 "Use this only for local development."
             )
         yield
+        if ingest is not None:
+            await ingest.stop()
         if retention_task is not None:
             retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -225,6 +266,7 @@ def create_app(
     for module in (entities, batch, discovery, contexts, subscriptions, temporal):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
     app.include_router(events.router, tags=["events"])
+    app.include_router(ingest_routes.router)
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(TrailingSlashMiddleware, prefix=NGSI_LD_PREFIX)

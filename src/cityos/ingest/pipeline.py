@@ -18,10 +18,9 @@ written again message by message so that only that message becomes a dead letter
 
 Each uplink updates its device's ``Device`` entity (``urn:ngsi-ld:Device:{deveui}``):
 ``rssi``/``snr`` of the best gateway, ``dateLastValueReported``, ``deviceState``
-("ok"), ``batteryLevel`` when the codec decoded one (a fraction 0..1), ``location``
-when it decoded a position (GPS trackers move; the registry keeps fixed ones); the
-profile's measurements update their target entities, all with ``observedAt`` = the
-uplink time.
+("ok"); the profile's measurements update their target entities and the Device's own
+decoded fields (``batteryLevel``, a GPS tracker's ``location``), all with
+``observedAt`` = the uplink time.
 """
 
 from __future__ import annotations
@@ -417,8 +416,8 @@ def best_reception(receptions: Sequence[GatewayReception]) -> GatewayReception |
 def device_update(device: Any, uplink: Uplink, decoded: DecodedUplink) -> EntityWrite:
     """The ``Device`` entity's attributes an uplink sets (see the module docstring).
 
-    ``device`` is the registry's record (Any: not read; the registry writes the Device's
-    name and fixed position itself).
+    ``device`` is the registry's record (Any: not read today; the registry writes the
+    Device's name and fixed position, the profile its decoded battery and position).
     """
     at = uplink.observed_at
     attrs: dict[str, dict[str, Any]] = {
@@ -440,16 +439,6 @@ def device_update(device: Any, uplink: Uplink, decoded: DecodedUplink) -> Entity
             "unitCode": _SNR_UNIT,
             "observedAt": at,
         }
-    battery = _battery_fraction(decoded.data)
-    if battery is not None:
-        attrs["batteryLevel"] = {"type": "Property", "value": battery, "observedAt": at}
-    position = _position(decoded.data)
-    if position is not None:
-        attrs["location"] = {
-            "type": "GeoProperty",
-            "value": {"type": "Point", "coordinates": list(position)},
-            "observedAt": at,
-        }
     return EntityWrite(device_entity_id(uplink.dev_eui), DEVICE_TYPE, attrs)
 
 
@@ -467,32 +456,3 @@ def status_update(status: StatusReport) -> EntityWrite:
         }
     attrs["deviceState"] = {"type": "Property", "value": "ok"}
     return EntityWrite(device_entity_id(status.dev_eui), DEVICE_TYPE, attrs)
-
-
-def _battery_fraction(data: dict[str, Any]) -> float | None:  # Any: decoded JSON
-    """A battery level in the decoded data, as a fraction 0..1: ``batteryLevel`` (a
-    fraction) or ``battery_percent``/``batteryPercent`` (percent)."""
-    level = data.get("batteryLevel")
-    if isinstance(level, int | float) and not isinstance(level, bool) and 0 <= level <= 1:
-        return float(level)
-    for key in ("battery_percent", "batteryPercent"):
-        percent = data.get(key)
-        if (
-            isinstance(percent, int | float)
-            and not isinstance(percent, bool)
-            and 0 <= percent <= 100
-        ):
-            return round(percent / 100, 4)
-    return None
-
-
-def _position(data: dict[str, Any]) -> tuple[float, float] | None:  # Any: decoded JSON
-    """(longitude, latitude) when the decoded data carries a valid position."""
-    latitude, longitude = data.get("latitude"), data.get("longitude")
-    if not isinstance(latitude, int | float) or not isinstance(longitude, int | float):
-        return None
-    if isinstance(latitude, bool) or isinstance(longitude, bool):
-        return None
-    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
-        return None
-    return float(longitude), float(latitude)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,9 @@ from cityos.storage.ingest_tables import IngestTables
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 600.0
+GATEWAY_FLUSH_INTERVAL_S = 10.0
+"""Gateway entities (last seen, position) are written at most this often: every batch
+touches most gateways, and their state is a summary, not a measurement."""
 
 
 def clock_ms() -> int:
@@ -90,10 +94,13 @@ class IngestRuntime:
         options = mqtt_options(settings)
         self.mqtt = MqttSubscriber(options, self.intake, clock_ms) if options else None
         self._tasks: list[asyncio.Task[None]] = []
+        self._next_gateway_flush = 0.0
 
     def _after_commit(self, dev_euis: set[str], observed_at: str) -> None:
         flush: Callable[[], object] | None = getattr(self.registry, "flush_gateways", None)
-        if flush is not None:
+        now = time.monotonic()
+        if flush is not None and now >= self._next_gateway_flush:
+            self._next_gateway_flush = now + GATEWAY_FLUSH_INTERVAL_S
             try:
                 flush()
             except Exception:
