@@ -20,6 +20,16 @@ db_app = typer.Typer(help="Database schema / データベース", no_args_is_hel
 app.add_typer(db_app, name="db")
 console = Console()
 
+
+def _add_ingest_commands() -> None:
+    from cityos.ingest.cli import coverage, ingest_app
+
+    app.add_typer(ingest_app, name="ingest")
+    app.command("coverage")(coverage)
+
+
+_add_ingest_commands()
+
 HostOption = Annotated[str | None, typer.Option(help="Address to listen on")]
 PortOption = Annotated[int | None, typer.Option(help="Port to listen on")]
 DataDirOption = Annotated[Path | None, typer.Option(help="Directory for the SQLite database")]

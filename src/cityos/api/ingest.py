@@ -27,10 +27,12 @@ authentication is on.
 
 from __future__ import annotations
 
+import base64
 import hmac
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
@@ -39,9 +41,11 @@ from cityos.api.problems import problem_response
 from cityos.core import errors
 from cityos.core.timeutil import datetime_ms, format_datetime, now_iso
 from cityos.ingest.coverage import summarize
+from cityos.ingest.deadletters import replay_message
 from cityos.ingest.intake import Submission
 from cityos.ingest.model import IngestError, Network, RawMessage
 from cityos.ingest.pipeline import Outcome
+from cityos.storage.ingest_tables import DeadLetter, DeadLetterFilter, IngestTables
 
 router = APIRouter()
 
@@ -209,3 +213,94 @@ async def ingest_coverage(request: Request) -> JSONResponse:
 
 def _iso(time_ms: int) -> str:
     return format_datetime(datetime.fromtimestamp(time_ms / 1000, UTC))
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def _letter_filter(params: dict[str, Any]) -> DeadLetterFilter:  # Any: query or JSON values
+    """A dead-letter filter from query parameters or a JSON body (400 when malformed)."""
+    since = params.get("since")
+    limit = params.get("limit", 100)
+    ids = params.get("ids")
+    try:
+        return DeadLetterFilter(
+            reason=params.get("reason") or None,
+            dev_eui=params.get("device") or None,
+            since_ms=datetime_ms(since) if since else None,
+            ids=tuple(int(i) for i in ids) if ids else None,
+            limit=max(1, min(int(limit), 10_000)),
+        )
+    except (TypeError, ValueError) as error:
+        raise errors.BadRequestData(f"Bad dead-letter filter: {error}") from None
+
+
+def letter_json(letter: DeadLetter) -> dict[str, Any]:  # Any: JSON document
+    """A dead letter as the API and the CLI show it (body in base64)."""
+    return {
+        "id": letter.id,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "transport": letter.transport,
+        "network": letter.network,
+        "address": letter.address,
+        "devEui": letter.dev_eui,
+        "receivedAt": _iso(letter.received_ms),
+        "lastAttemptAt": _iso(letter.last_attempt_ms),
+        "attempts": letter.attempts,
+        "contentType": letter.content_type,
+        "bodySize": letter.body_size,
+        "replayable": letter.replayable,
+        "body": None if letter.body is None else base64.b64encode(letter.body).decode(),
+    }
+
+
+@router.get("/ingest/dead-letters", tags=["ingest"])
+async def list_dead_letters(request: Request) -> JSONResponse:
+    """Dead letters, newest first (``reason``, ``device``, ``since``, ``limit``)."""
+    _require_key(request)
+    tables = _tables(request)
+    which = _letter_filter(dict(request.query_params))
+    return JSONResponse([letter_json(letter) for letter in tables.list_dead_letters(which)])
+
+
+@router.post("/ingest/dead-letters/replay", tags=["ingest"])
+async def replay_dead_letters(request: Request) -> JSONResponse:
+    """Run the selected dead letters through the pipeline again (after the registry or
+    a profile was fixed): a success leaves the store, a failure stays with its new
+    reason. The body selects them like the list's parameters (``ids`` or filters)."""
+    tables = _tables(request)
+    runtime = getattr(request.app.state, "ingest", None)
+    if runtime is None:
+        raise errors.ServiceUnavailable("Ingestion is not running / 取り込みが動いていません")
+    try:
+        selection = orjson.loads(await request.body() or b"{}")
+    except orjson.JSONDecodeError as error:
+        raise errors.BadRequestData(f"The body is not JSON: {error}") from None
+    if not isinstance(selection, dict):
+        raise errors.BadRequestData("The body must be a JSON object")
+    letters = tables.list_dead_letters(_letter_filter(selection))
+    results: list[dict[str, Any]] = []  # Any: JSON values
+    replayable = [letter for letter in letters if letter.replayable]
+    for letter in letters:
+        if not letter.replayable:
+            results.append({"id": letter.id, "status": "not-replayable", "reason": letter.reason})
+    size = runtime.settings.ingest_batch_size
+    for start in range(0, len(replayable), size):
+        chunk = replayable[start : start + size]
+        outcomes = runtime.pipeline.replay(chunk, [replay_message(letter) for letter in chunk])
+        results.extend(
+            {"id": letter.id, "status": outcome.status, "reason": outcome.reason}
+            for letter, outcome in zip(chunk, outcomes, strict=True)
+        )
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+    return JSONResponse({"counts": counts, "results": results})
+
+
+def _tables(request: Request) -> IngestTables:
+    tables: IngestTables | None = getattr(request.app.state, "ingest_tables", None)
+    if tables is None:
+        raise errors.ServiceUnavailable("Ingestion is not running / 取り込みが動いていません")
+    return tables

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cityos.broker.changes import EntityChange
 from cityos.broker.entities import ExpandTerm, parse_instance
 from cityos.broker.model import AttributeInstance, StoredEntity
 from cityos.core.timeutil import datetime_ms
@@ -74,13 +75,41 @@ class ObservationWriter:
     """Writes batches of observations to one tenant (see the module docstring)."""
 
     def __init__(
-        self, storage: Storage, history: HistoryAppender, expand: ExpandTerm, tenant: str = ""
+        self,
+        storage: Storage,
+        history: HistoryAppender,
+        expand: ExpandTerm,
+        tenant: str = "",
+        *,
+        cache_size: int = 0,
     ) -> None:
+        """``cache_size`` > 0 keeps that many entities in memory between batches, so a
+        sensor's next reading does not read back what its last one wrote. Only valid
+        when every write of the database goes through this process's ``ObservedStorage``
+        (SQLite) and :meth:`on_changes` is registered as its listener: it keeps the
+        cache in step with every other committed write (API requests, health alerts)."""
         self.storage = storage
         self.history = history
         self.tenant = tenant
         self._expand = expand
         self._iris: dict[str, str] = {}
+        self._cache_size = cache_size
+        self._cache: dict[str, StoredEntity] = {}
+
+    def on_changes(self, changes: list[EntityChange]) -> None:
+        """``ObservedStorage`` listener: remember committed documents (see ``__init__``)."""
+        if not self._cache_size:
+            return
+        cache = self._cache
+        for change in changes:
+            if change.tenant != self.tenant:
+                continue
+            if change.after is None:
+                cache.pop(change.entity_id, None)
+            else:
+                cache[change.entity_id] = change.after
+        while len(cache) > self._cache_size:
+            del cache[next(iter(cache))]
 
     def iri(self, term: str) -> str:
         """The expanded name of ``term`` (remembered: the @context does not change)."""
@@ -98,8 +127,20 @@ class ObservationWriter:
         updates = list(updates)
         ids = list(dict.fromkeys(update.entity_id for update in updates))
         outcome = WriteOutcome()
+        try:
+            return self._write(updates, ids, now, outcome)
+        except BaseException:
+            self._cache.clear()  # it may hold documents of the rolled-back batch
+            raise
+
+    def _write(
+        self, updates: list[ObservationUpdate], ids: list[str], now: str, outcome: WriteOutcome
+    ) -> WriteOutcome:
         with self.storage.transaction():
-            current: dict[str, StoredEntity] = self.storage.get_many(self.tenant, ids)
+            current = {i: self._cache[i] for i in ids if i in self._cache}
+            missing = [i for i in ids if i not in current]
+            if missing:
+                current.update(self.storage.get_many(self.tenant, missing))
             changes: list[tuple[StoredEntity | None, StoredEntity]] = []
             late: list[tuple[str, list[str], list[tuple[str, AttributeInstance]]]] = []
             for update in updates:

@@ -290,7 +290,7 @@ class Pipeline:
                     IngestError("codec-error", f"Decoding failed: {error!r}"), uplink=uplink
                 )
                 return
-            item.writes.append([device_update(device, uplink, decoded), *writes])
+            item.writes.append(merge_writes([device_update(device, uplink, decoded), *writes]))
         for status in item.statuses:
             if self.registry.lookup(status.dev_eui) is None:
                 item.dev_eui_for_error = status.dev_eui
@@ -440,6 +440,21 @@ def device_update(device: Any, uplink: Uplink, decoded: DecodedUplink) -> Entity
             "observedAt": at,
         }
     return EntityWrite(device_entity_id(uplink.dev_eui), DEVICE_TYPE, attrs)
+
+
+def merge_writes(writes: list[EntityWrite]) -> list[EntityWrite]:
+    """One write per entity (in first-seen order): the writes of ONE uplink to the same
+    entity (radio fields and decoded battery on the Device) are one update, one
+    history step. Later attributes win."""
+    merged: dict[str, EntityWrite] = {}
+    for write in writes:
+        first = merged.get(write.entity_id)
+        if first is None:
+            merged[write.entity_id] = write
+        else:
+            attributes = {**first.attributes, **write.attributes}
+            merged[write.entity_id] = EntityWrite(first.entity_id, first.entity_type, attributes)
+    return list(merged.values())
 
 
 def status_update(status: StatusReport) -> EntityWrite:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from cityos.broker.bulk_write import ObservationWriter
+from cityos.broker.changes import ObservedStorage
 from cityos.broker.entities import ExpandTerm
 from cityos.broker.service import ContextBroker
 from cityos.core.timeutil import datetime_ms, now_iso
@@ -21,12 +23,15 @@ from cityos.ingest.pipeline import DeviceRegistry, Pipeline, PipelineLimits
 from cityos.ingest.stats import IngestStats
 from cityos.ingest.transports.mqtt import MqttOptions, MqttSubscriber
 from cityos.settings import Settings
-from cityos.storage.base import Storage, TemporalStorage
+from cityos.storage.base import TemporalStorage
 from cityos.storage.ingest_tables import IngestTables
+from cityos.storage.sqlite import SqliteStorage
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 600.0
+ENTITY_CACHE_SIZE = 200_000
+"""Entities the writer keeps in memory (a Device and a target per sensor)."""
 GATEWAY_FLUSH_INTERVAL_S = 10.0
 """Gateway entities (last seen, position) are written at most this often: every batch
 touches most gateways, and their state is a summary, not a measurement."""
@@ -59,7 +64,7 @@ class IngestRuntime:
         self,
         settings: Settings,
         *,
-        storage: Storage,
+        storage: ObservedStorage,
         backend: TemporalStorage,
         tables: IngestTables,
         broker: ContextBroker,
@@ -70,7 +75,14 @@ class IngestRuntime:
         self.tables = tables
         self.registry = registry
         self.stats = IngestStats()
-        writer = ObservationWriter(storage, backend, expand, settings.ingest_tenant)
+        # Only a SQLite file is written by this process alone, the condition of the
+        # writer's entity cache (PostgreSQL may have other workers).
+        cache_size = ENTITY_CACHE_SIZE if isinstance(backend, SqliteStorage) else 0
+        writer = ObservationWriter(
+            storage, backend, expand, settings.ingest_tenant, cache_size=cache_size
+        )
+        if cache_size:
+            storage.add_listener(writer.on_changes)
         self.pipeline = Pipeline(
             storage=storage,
             tables=tables,
@@ -120,6 +132,13 @@ class IngestRuntime:
 
     async def start(self) -> None:
         """Start the batch loop, the MQTT subscriber and the periodic tasks."""
+        if self.mqtt is not None or self.settings.ingest_secret:
+            # Ingestion allocates and drops tens of thousands of small objects per second
+            # while the entity cache holds millions for good: with the default
+            # thresholds the collector walks that whole heap every few batches (about 40%
+            # of the ingest CPU time measured). Reference counting frees nearly all of
+            # it anyway; cycles are collected less often.
+            gc.set_threshold(50_000, 50, 100)
         self.intake.start()
         if self.mqtt is not None:
             self.mqtt.start()

@@ -256,11 +256,15 @@ def changed_instances(
     new_attrs: dict[str, list[AttributeInstance]] = new.get("attrs", {}) if new else {}
     for attr_iri, instances in new_attrs.items():
         before = old_attrs.get(attr_iri)
+        if before is instances:
+            continue  # the same list: unchanged (writers copy what they change)
         for instance in instances:
             if before is None or instance not in before:
                 rows.append((attr_iri, instance))
     for attr_iri, instances in old_attrs.items():
         after = new_attrs.get(attr_iri, [])
+        if after is instances:
+            continue
         kept = {i.get("datasetId") for i in after}
         for instance in instances:
             if instance.get("datasetId") not in kept:

@@ -128,31 +128,44 @@ class SqliteIngestTables:
         return {reason: int(count) for reason, count in rows}
 
     def add_gateway_hours(self, hours: list[GatewayHour]) -> None:
+        if not hours:
+            return
         with self.transaction():
+            stored: dict[tuple[str, int], GatewayHour] = {}
+            keys = [(hour.gateway_id, hour.hour_ms) for hour in hours]
+            for start in range(0, len(keys), 400):
+                chunk = keys[start : start + 400]
+                values = ",".join(["(?, ?)"] * len(chunk))
+                for gateway_id, hour_ms, uplinks, rssi, snr in self._db.execute(
+                    "SELECT g.gateway_id, g.hour_ms, g.uplinks, g.rssi_counts, g.snr_counts "
+                    f"FROM (VALUES {values}) AS k CROSS JOIN ingest_gateway_hours g "
+                    "ON g.gateway_id = k.column1 AND g.hour_ms = k.column2",
+                    [part for key in chunk for part in key],
+                ):
+                    stored[(gateway_id, hour_ms)] = GatewayHour(
+                        gateway_id,
+                        hour_ms,
+                        int(uplinks),
+                        counts_from_json(orjson.loads(rssi)),
+                        counts_from_json(orjson.loads(snr)),
+                    )
             for hour in hours:
-                row = self._db.execute(
-                    "SELECT uplinks, rssi_counts, snr_counts FROM ingest_gateway_hours "
-                    "WHERE gateway_id = ? AND hour_ms = ?",
-                    (hour.gateway_id, hour.hour_ms),
-                ).fetchone()
-                merged = GatewayHour(hour.gateway_id, hour.hour_ms)
-                if row is not None:
-                    merged.uplinks = int(row[0])
-                    merged.rssi_counts = counts_from_json(orjson.loads(row[1]))
-                    merged.snr_counts = counts_from_json(orjson.loads(row[2]))
-                merged.merge(hour)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO ingest_gateway_hours "
-                    "(gateway_id, hour_ms, uplinks, rssi_counts, snr_counts) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                key = (hour.gateway_id, hour.hour_ms)
+                stored.setdefault(key, GatewayHour(*key)).merge(hour)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO ingest_gateway_hours "
+                "(gateway_id, hour_ms, uplinks, rssi_counts, snr_counts) VALUES (?, ?, ?, ?, ?)",
+                [
                     (
                         merged.gateway_id,
                         merged.hour_ms,
                         merged.uplinks,
                         _counts_json(merged.rssi_counts),
                         _counts_json(merged.snr_counts),
-                    ),
-                )
+                    )
+                    for merged in stored.values()
+                ],
+            )
 
     def gateway_hours(self, since_ms: int | None = None) -> list[GatewayHour]:
         rows = self._db.execute(
