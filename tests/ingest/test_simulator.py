@@ -28,6 +28,7 @@ from cityos.ingest.simulator import (
     TrafficBuilder,
     build_fleet,
     pre_encode,
+    publish_in_parallel,
     run,
 )
 
@@ -210,3 +211,13 @@ def test_cli_simulate_registers_and_sends(mosquitto: str, tmp_path: Any) -> None
     assert "Registered 12 simulated devices" in result.output
     listed = CliRunner().invoke(app, ["devices", "list", "--data-dir", str(tmp_path)])
     assert "12 devices" in listed.output
+
+
+def test_parallel_publishers_deliver_every_message(mosquitto: str) -> None:
+    prefix = f"cityos-test-{uuid.uuid4().hex[:8]}"
+    messages = [
+        (f"{prefix}/{address}", body)
+        for address, body in pre_encode(TrafficBuilder(build_fleet(10)), 60)
+    ]
+    report = publish_in_parallel(mosquitto, messages, processes=2)
+    assert (report.sent, report.acknowledged) == (60, 60)
