@@ -1,4 +1,4 @@
-"""The ``cityos`` command: serve, demo, keys, db."""
+"""The ``cityos`` command: serve, demo, keys, db, devices, simulate."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from cityos.ingest.commands import devices_app, simulate_command
 from cityos.settings import Settings
 
 app = typer.Typer(help="cityos — city data platform (都市OS)", no_args_is_help=True)
@@ -18,6 +19,8 @@ keys_app = typer.Typer(help="API keys / APIキー", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 db_app = typer.Typer(help="Database schema / データベース", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(devices_app, name="devices")
+app.command("simulate")(simulate_command)
 console = Console()
 
 
