@@ -223,7 +223,9 @@ def test_write_many_keeps_the_geo_index_of_a_moved_entity(backend: Backend) -> N
 
     backend.write_many("", [(first, moved)])
 
-    found = [e["id"] for _, e in backend.scan("", EntityScan(geo_attr=LOC, geo_bbox=(49, 49, 51, 51)))]
+    found = [
+        e["id"] for _, e in backend.scan("", EntityScan(geo_attr=LOC, geo_bbox=(49, 49, 51, 51)))
+    ]
     assert found == ["urn:e"]
     assert list(backend.scan("", EntityScan(geo_attr=LOC, geo_bbox=(0, 0, 2, 2)))) == []
 
