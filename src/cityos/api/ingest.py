@@ -177,7 +177,11 @@ async def ingest_stats(request: Request) -> JSONResponse:
     body: dict[str, Any] = {  # Any: JSON document
         "mqtt": getattr(state, "ingest_mqtt_status", lambda: None)(),
         "backlog": state.ingest_intake.backlog if getattr(state, "ingest_intake", None) else 0,
-        "process": stats.as_json() if stats is not None else None,
+        "process": (
+            stats.as_json(histogram="histogram" in request.query_params)
+            if stats is not None
+            else None
+        ),
         "deadLetters": tables.dead_letter_counts() if tables is not None else {},
     }
     return JSONResponse(body)
