@@ -75,7 +75,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     expand = CompiledContext().expand
     registry = DeviceRegistry(broker, expand=expand, profiles=PROFILES)
     observed.add_listener(registry.on_changes)
-    writer = ObservationWriter(observed, storage, expand, cache_size=1000)
+    writer = ObservationWriter(
+        observed, storage, expand, cache_size=1000, changed_elsewhere=storage.changed_elsewhere
+    )
     observed.add_listener(writer.on_changes)
     pipeline = Pipeline(
         storage=observed, tables=storage, writer=writer, registry=registry, parse=parse_event
@@ -210,3 +212,25 @@ def test_alert_is_cleared_when_the_device_speaks_again(setup: Setup) -> None:
     assert report.cleared == [dev_eui]
     alert = _alert(setup, dev_eui)
     assert alert is not None and alert["validTo"]["value"] == "2026-11-24T02:05:00.000Z"
+
+
+def test_entity_written_by_another_process_is_not_overwritten_from_the_cache(
+    setup: Setup, tmp_path: Path
+) -> None:
+    dev_eui = _register(setup, "water-level", {"mounting_height_m": 5.0})
+    setup.pipeline.process([_raw(dev_eui, water_level_payload(1.0), f_cnt=1)])
+    other = SqliteStorage(tmp_path / "pipeline.sqlite3")  # e.g. `cityos devices import`
+    device_id = f"urn:ngsi-ld:Device:{dev_eui}"
+    device = other.get("", device_id)
+    assert device is not None
+    device["attrs"]["https://example.org/owner"] = [{"type": "Property", "value": "city"}]
+    other.update("", device)
+    other.close()
+
+    setup.pipeline.process(
+        [_raw(dev_eui, water_level_payload(2.0), f_cnt=2, at="2026-11-24T02:00:00.000Z")]
+    )
+
+    stored = setup.storage.get("", device_id)
+    assert stored is not None
+    assert "https://example.org/owner" in stored["attrs"]
