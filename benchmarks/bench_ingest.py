@@ -536,6 +536,10 @@ def run(args: argparse.Namespace) -> None:
                 time.sleep(2)
                 keys_after, rows_after = count_run(data_dir)
                 figures["kill"] = (count, keys_after - keys_before, rows_after - rows_before)
+                if not count == keys_after - keys_before == rows_after - rows_before:
+                    log = (data_dir / "server.log").read_text(errors="replace")
+                    console.print(f"server log (end):\n{log[-3000:]}")
+                    console.print(f"server stats: {server.stats()}")
                 console.print(f"kill -9: published, keys, history rows: {figures['kill']}")
             server.kill()
 
