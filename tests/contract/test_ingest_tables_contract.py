@@ -246,3 +246,14 @@ def test_write_many_rolls_back_with_the_caller(backend: Backend) -> None:
 def test_duty_is_held_by_the_first_claimant(backend: Backend) -> None:
     assert backend.claim_duty("device-health")
     assert backend.claim_duty("device-health")
+
+
+def test_postgres_duty_goes_to_one_process_until_it_closes(ingest_postgres_url: str) -> None:
+    first, second = PostgresStorage(ingest_postgres_url), PostgresStorage(ingest_postgres_url)
+    try:
+        assert first.claim_duty("device-health")
+        assert not second.claim_duty("device-health")
+        first.close()
+        assert second.claim_duty("device-health")
+    finally:
+        second.close()

@@ -55,18 +55,26 @@ _MALFORMED = frozenset({"invalid-json", "invalid-message", "bad-base64"})
 
 
 class IngestPayloadTooLarge(errors.PayloadTooLarge):
+    """413: the message is over CITYOS_INGEST_MAX_BODY_BYTES."""
+
     title = "Payload too large / ペイロードが大きすぎます"
 
 
 class IngestUnauthorized(errors.Unauthorized):
+    """401: X-Ingest-Secret is missing or wrong."""
+
     title = "Wrong ingest secret / 取り込み用シークレットが違います"
 
 
 class IngestNotConfigured(errors.ServiceUnavailable):
+    """503: CITYOS_INGEST_SECRET is not set."""
+
     title = "HTTP ingestion is not configured / HTTP 取り込みは未設定です"
 
 
 class IngestBadMessage(errors.BadRequestData):
+    """400: the body is not the network server's message."""
+
     title = "Not a network server message / ネットワークサーバーのメッセージではありません"
 
 

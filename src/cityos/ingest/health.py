@@ -44,11 +44,15 @@ DUTY = "device-health"
 
 
 class MonitoredProfile(Protocol):
+    """What the monitor reads of a device profile."""
+
     @property
     def expected_interval_s(self) -> float: ...
 
 
 class MonitoredDevice(Protocol):
+    """What the monitor reads of a registered device."""
+
     @property
     def dev_eui(self) -> str: ...
 
@@ -57,6 +61,8 @@ class MonitoredDevice(Protocol):
 
 
 class DeviceList(Protocol):
+    """The registry, as the monitor uses it."""
+
     def devices(self) -> Sequence[MonitoredDevice]: ...
 
 

@@ -115,3 +115,28 @@ def test_late_uplink_goes_to_history_without_overwriting_newer_value(
     assert _water_level(ingest_server, dev_eui) == 3.0
     values = ingest_server.history(f"urn:ngsi-ld:WaterObserved:{dev_eui}", "waterLevel")
     assert [value for value, _ in values] == [1.0, 3.0]
+
+
+def test_chirpstack_status_event_sets_battery_level(ingest_server: IngestServer) -> None:
+    dev_eui = new_dev_eui()
+    ingest_server.register(dev_eui)
+    body = json.loads((FIXTURES / "chirpstack" / "status.json").read_text())
+    body["deviceInfo"]["devEui"] = dev_eui
+
+    response = ingest_server.post_chirpstack(body, event="status")
+
+    assert response.json() == {"status": "stored"}
+    device = ingest_server.entity(f"urn:ngsi-ld:Device:{dev_eui}")
+    assert device is not None and device["batteryLevel"] == 0.883
+
+
+def test_chirpstack_join_event_is_answered_and_counted(ingest_server: IngestServer) -> None:
+    dev_eui = new_dev_eui()
+    body = json.loads((FIXTURES / "chirpstack" / "join.json").read_text())
+    body["deviceInfo"]["devEui"] = dev_eui
+    before = ingest_server.stats()["process"]["otherEvents"].get("join", 0)
+
+    response = ingest_server.post_chirpstack(body, event="join")
+
+    assert response.json() == {"status": "ignored"}
+    assert ingest_server.stats()["process"]["otherEvents"]["join"] == before + 1
