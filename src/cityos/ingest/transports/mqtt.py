@@ -13,8 +13,9 @@ Delivery guarantees, and how:
   unacknowledged messages in flight to us (Mosquitto's own ``max_inflight_messages``
   default of 20 applies to MQTT 3.1.1 clients only), so a batch can hold hundreds.
 - **Acknowledgements never cross connections**: message ids are only meaningful on the
-  connection they came on; a message committed after a reconnect is not acknowledged
-  (the broker redelivers it, and the dedupe key drops the copy).
+  connection they came on; a message committed after the connection dropped is not
+  acknowledged (the broker redelivers it, and the dedupe key drops the copy). paho
+  discards packets queued before a reconnect, and the generation changes on disconnect.
 - **Reconnects by itself**: paho's network thread retries with a growing delay.
 - **Shared subscriptions** (``$share/GROUP/topic``): several cityos workers split the
   traffic of one subscription.
@@ -31,6 +32,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -39,7 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cityos.ingest.intake import Intake, Submission
+from cityos.ingest.intake import Submission
 from cityos.ingest.model import Network, RawMessage
 from cityos.ingest.pipeline import Outcome
 
@@ -78,10 +80,18 @@ class MqttOptions:
         return f"$share/{self.shared_group}/{topic}" if self.shared_group else topic
 
 
+class MessageSink(Protocol):
+    """Where received messages go (the :class:`~cityos.ingest.intake.Intake`)."""
+
+    def submit(self, submission: Submission) -> None: ...
+
+
 class MqttSubscriber:
     """Feeds an :class:`Intake` from an MQTT broker (see the module docstring)."""
 
-    def __init__(self, options: MqttOptions, intake: Intake, clock_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, options: MqttOptions, intake: MessageSink, clock_ms: Callable[[], int]
+    ) -> None:
         self.options = options
         self.intake = intake
         self._clock_ms = clock_ms
@@ -193,6 +203,8 @@ class MqttSubscriber:
         properties: Properties | None,
     ) -> None:
         self._connected.clear()
+        # Acknowledgements of this connection's messages must not reach the next one.
+        self._generation += 1
         if reason.is_failure:
             log.warning("Lost the MQTT broker (%s); reconnecting", reason)
 
@@ -215,7 +227,10 @@ class MqttSubscriber:
         generation, mid, qos = self._generation, message.mid, message.qos
 
         def acknowledge(outcome: Outcome) -> None:
-            if generation == self._generation and self._connected.is_set():
+            # Only on the connection the message came on (not "once subscribed": with a
+            # session present, the broker sends queued messages before our SUBACK, and
+            # leaving them unacknowledged would fill the Receive Maximum window).
+            if generation == self._generation:
                 client.ack(mid, qos)
 
         self.intake.submit(Submission(raw, acknowledge))
