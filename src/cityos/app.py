@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -30,7 +30,7 @@ from cityos.broker.changes import ObservedStorage
 from cityos.broker.context import ContextResolver, core_context_body
 from cityos.broker.context_store import PersistentContextStore
 from cityos.broker.event_stream import EventHub
-from cityos.broker.notifier import Notifier
+from cityos.broker.notifier import DeliveryPolicy, Notifier
 from cityos.broker.service import ContextBroker
 from cityos.broker.subscription_service import SubscriptionService
 from cityos.broker.subscriptions import SubscriptionRegistry
@@ -40,11 +40,9 @@ from cityos.core.timeutil import datetime_ms, now_iso
 from cityos.settings import Settings
 from cityos.storage import postgres, sqlite
 from cityos.storage.base import TemporalStorage
-from cityos.storage.documents import SqliteDocumentTable
-from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.postgres import PostgresStorage, is_postgres_url
 from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.subscriptions import SqliteSubscriptionStore
+from cityos.storage.state_stores import open_state_stores
 
 log = logging.getLogger(__name__)
 
@@ -136,23 +134,43 @@ async def run_retention(
         await asyncio.sleep(interval_s)
 
 
+async def run_every(job: Callable[[], None], interval_s: float) -> None:
+    """Run ``job`` every ``interval_s`` until cancelled, on the event-loop thread (it
+    changes state that requests read, so it must be short)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            job()
+        except Exception:
+            log.exception("Periodic %s failed", getattr(job, "__qualname__", job))
+
+
 def create_app(
     settings: Settings | None = None, *, storage: TemporalStorage | None = None
 ) -> FastAPI:
     """Build the application. ``storage`` overrides the backend named by the settings."""
     settings = settings or Settings()
     store = storage or open_storage(settings)
-    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
-    contexts_table = SqliteDocumentTable(settings.sqlite_path, "jsonld_contexts")
-    resolver = ContextResolver(
-        settings, store=PersistentContextStore(core_context_body(), contexts_table)
+    state = open_state_stores(
+        settings.database, settings.sqlite_path, lease_s=settings.notification_lease_s
     )
+    keys = state.keys
+    context_store = PersistentContextStore(core_context_body(), state.contexts, shared=state.shared)
+    resolver = ContextResolver(settings, store=context_store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         core = await resolver.resolve(None)
         await subscription_service.load(resolver.resolve)
         await notifier.start()
+        shared_tasks = []
+        if state.shared:
+            shared_tasks = [
+                asyncio.create_task(
+                    subscription_service.follow(resolver.resolve, settings.state_resync_s)
+                ),
+                asyncio.create_task(run_every(context_store.reload, settings.state_resync_s)),
+            ]
         event_hub.bind(asyncio.get_running_loop())
         app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
         retention_task = None
@@ -167,16 +185,14 @@ def create_app(
                 "Use this only for local development."
             )
         yield
-        if retention_task is not None:
-            retention_task.cancel()
+        for task in [*shared_tasks, *([retention_task] if retention_task else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await retention_task
+                await task
         await notifier.stop()
         event_hub.close()
-        subscription_store.close()
         store.close()
-        keys.close()
-        contexts_table.close()
+        state.close()
 
     app = FastAPI(
         redirect_slashes=False,
@@ -192,12 +208,14 @@ def create_app(
     app.state.temporal = TemporalBroker(
         app.state.broker, store, instance_limit=settings.temporal_instance_limit
     )
-    subscription_store = SqliteSubscriptionStore(
-        settings.sqlite_path.with_name("subscriptions.sqlite3")
-    )
     registry = SubscriptionRegistry()
-    notifier = Notifier(subscription_store, registry, app.state.broker)
-    subscription_service = SubscriptionService(subscription_store, registry, notifier)
+    notifier = Notifier(
+        state.subscriptions,
+        registry,
+        app.state.broker,
+        DeliveryPolicy(coordination_interval_s=settings.notification_lease_s / 4),
+    )
+    subscription_service = SubscriptionService(state.subscriptions, registry, notifier)
     observed.add_listener(notifier.on_changes)
     event_hub = EventHub(
         buffer_size=settings.events_buffer_size,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cityos.settings import Settings
+
+if TYPE_CHECKING:
+    from cityos.storage.keys import KeyStore
 
 app = typer.Typer(help="cityos — city data platform (都市OS)", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys / APIキー", no_args_is_help=True)
@@ -117,18 +120,32 @@ def demo(
     _run(settings)
 
 
+def _key_store(data_dir: Path | None, database: str | None) -> KeyStore:
+    """The key store of the installation the options name (SQLite files or PostgreSQL)."""
+    from cityos.storage.migrations import SchemaOutOfDateError
+    from cityos.storage.state_stores import open_key_store
+
+    settings = _settings(data_dir=data_dir, database=database)
+    try:
+        return open_key_store(settings.database, settings.sqlite_path)
+    except SchemaOutOfDateError as error:
+        console.print(
+            f"[red]{error}[/] / スキーマが古いため `cityos db upgrade` を実行してください"
+        )
+        raise typer.Exit(2) from None
+
+
 @keys_app.command("create")
 def keys_create(
     org: Annotated[str, typer.Option(help="Organisation the key belongs to")],
     role: Annotated[str, typer.Option(help="admin, operator, company or public")],
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Create an API key and print it once / APIキーを作成し一度だけ表示します。"""
     from cityos.core.errors import CityosError
-    from cityos.storage.keys import SqliteKeyStore
 
-    settings = _settings(data_dir=data_dir)
-    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
+    keys = _key_store(data_dir, database)
     try:
         key, principal = keys.create(org, role)
     except CityosError as error:
@@ -145,12 +162,9 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDirOption = None) -> None:
+def keys_list(data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
     """List API keys (never the keys themselves) / APIキー一覧。"""
-    from cityos.storage.keys import SqliteKeyStore
-
-    settings = _settings(data_dir=data_dir)
-    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
+    keys = _key_store(data_dir, database)
     table = Table("key id", "org", "role", "created", "revoked")
     for row in keys.list_keys():
         table.add_row(*(str(row[c]) for c in ("key_id", "org", "role", "created_at", "revoked")))
@@ -159,12 +173,11 @@ def keys_list(data_dir: DataDirOption = None) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, data_dir: DataDirOption = None) -> None:
+def keys_revoke(
+    key_id: str, data_dir: DataDirOption = None, database: DatabaseOption = None
+) -> None:
     """Revoke an API key by its id / APIキーを無効にします。"""
-    from cityos.storage.keys import SqliteKeyStore
-
-    settings = _settings(data_dir=data_dir)
-    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
+    keys = _key_store(data_dir, database)
     found = keys.revoke(key_id)
     keys.close()
     if not found:

@@ -91,6 +91,22 @@ class Settings(BaseSettings):
     events_max_streams: int = Field(
         default=1000, description="Concurrent event streams per process; more get 503."
     )
+    notification_lease_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "PostgreSQL: how long a process's undelivered notifications stay its own "
+            "without a renewal; after that (the process died) another process delivers them."
+        ),
+    )
+    state_resync_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "PostgreSQL: how often a process compares its subscriptions and @contexts with "
+            "the database (changes of other processes normally arrive at once)."
+        ),
+    )
 
     @field_validator("public_types", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from cityos.core.errors import BadRequestData
 from cityos.core.timeutil import now_iso
@@ -40,8 +40,76 @@ class Principal:
 ANONYMOUS = Principal(org="", role="anonymous")
 
 
-def _hash(key: str) -> str:
+@dataclass(frozen=True)
+class StoredKey:
+    """One row of a key store as ``cityos db copy`` moves it: the hash, never the key."""
+
+    key_id: str
+    key_hash: str
+    org: str
+    role: str
+    created_at: str
+    revoked: bool
+
+
+class KeyStore(Protocol):
+    """API keys: created once, verified on every request, revoked by id.
+
+    ``verify`` is on the request path and may answer from a cache; a revocation made
+    by another process (or the CLI) takes effect there within the store's cache time.
+    """
+
+    def create(self, org: str, role: str) -> tuple[str, Principal]:
+        """Create a key; return the plain key (shown once) and its principal.
+
+        ``BadRequestData`` for an unknown role or an empty organisation."""
+        ...
+
+    def revoke(self, key_id: str) -> bool:
+        """Revoke a key by its id; ``False`` when there is no such key."""
+        ...
+
+    def verify(self, key: str) -> Principal | None:
+        """The principal of a valid, unrevoked key; ``None`` otherwise."""
+        ...
+
+    def list_keys(self) -> list[dict[str, object]]:
+        """Key metadata in creation order (never the key or its hash)."""
+        ...
+
+    def export_keys(self) -> list[StoredKey]:
+        """Every key row, hashes included, in creation order (for ``db copy``)."""
+        ...
+
+    def import_keys(self, keys: list[StoredKey]) -> None:
+        """Add key rows as exported (replacing rows with the same id)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection(s)."""
+        ...
+
+
+def new_key(org: str, role: str) -> tuple[str, StoredKey]:
+    """A fresh random key and the row that stores it; ``BadRequestData`` on bad input."""
+    if role not in ROLES:
+        raise BadRequestData(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if not org:
+        raise BadRequestData("A key needs an organisation")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = key[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
+    return key, StoredKey(key_id, hash_key(key), org, role, now_iso(), False)
+
+
+def hash_key(key: str) -> str:
+    """What a store keeps of a key (see the module notes on why SHA-256 is enough)."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def as_principal(stored: StoredKey) -> Principal:
+    """The principal a stored key stands for."""
+    role: Role = stored.role  # type: ignore[assignment]  # stores accept ROLES only
+    return Principal(org=stored.org, role=role, key_id=stored.key_id)
 
 
 class SqliteKeyStore:
@@ -61,20 +129,9 @@ class SqliteKeyStore:
 
     def create(self, org: str, role: str) -> tuple[str, Principal]:
         """Create a key; return the plain key (shown once) and its principal."""
-        if role not in ROLES:
-            raise BadRequestData(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}")
-        if not org:
-            raise BadRequestData("A key needs an organisation")
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        key_id = key[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO api_keys (key_id, key_hash, org, role, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (key_id, _hash(key), org, role, now_iso()),
-            )
-            self._cache.clear()
-        return key, Principal(org=org, role=role, key_id=key_id)
+        key, stored = new_key(org, role)
+        self.import_keys([stored])
+        return key, as_principal(stored)
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by its id; ``False`` when there is no such key."""
@@ -85,7 +142,7 @@ class SqliteKeyStore:
 
     def verify(self, key: str) -> Principal | None:
         """The principal of a valid, unrevoked key; ``None`` otherwise."""
-        digest = _hash(key)
+        digest = hash_key(key)
         if digest in self._cache:
             return self._cache[digest]
         row = self._db.execute(
@@ -101,12 +158,28 @@ class SqliteKeyStore:
     def list_keys(self) -> list[dict[str, object]]:
         """Key metadata (never the key or its hash)."""
         rows = self._db.execute(
-            "SELECT key_id, org, role, created_at, revoked FROM api_keys ORDER BY created_at"
+            "SELECT key_id, org, role, created_at, revoked FROM api_keys ORDER BY created_at, rowid"
         )
         return [
             {"key_id": r[0], "org": r[1], "role": r[2], "created_at": r[3], "revoked": bool(r[4])}
             for r in rows
         ]
+
+    def export_keys(self) -> list[StoredKey]:
+        rows = self._db.execute(
+            "SELECT key_id, key_hash, org, role, created_at, revoked FROM api_keys "
+            "ORDER BY created_at, rowid"
+        )
+        return [StoredKey(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+
+    def import_keys(self, keys: list[StoredKey]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO api_keys "
+                "(key_id, key_hash, org, role, created_at, revoked) VALUES (?, ?, ?, ?, ?, ?)",
+                [(k.key_id, k.key_hash, k.org, k.role, k.created_at, int(k.revoked)) for k in keys],
+            )
+            self._cache.clear()
 
     def close(self) -> None:
         self._db.close()
