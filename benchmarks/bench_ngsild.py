@@ -46,6 +46,7 @@ from cityos.settings import Settings
 from cityos.storage.base import DEFAULT_TENANT
 from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.postgres import create_database, drop_database
+from cityos.storage.state_stores import open_key_store
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -238,7 +239,7 @@ def measure_broker(
 ) -> tuple[list[Figure], float]:
     """Seed the settings' backend, serve it, run every scenario; figures and final RSS (MB)."""
     seed(settings, args.entities)
-    keys = SqliteKeyStore(settings.data_dir / "keys.sqlite3")
+    keys = open_key_store(settings.database, settings.sqlite_path)
     key = keys.create("bench", "operator")[0]
     keys.close()
     command = [sys.executable, "-m", "cityos.cli", "serve", "--port", str(PORTS["server"])]

@@ -88,6 +88,95 @@ def db_upgrade(database: DatabaseOption = None, data_dir: DataDirOption = None) 
         )
 
 
+@db_app.command("copy")
+def db_copy(
+    source: Annotated[
+        str, typer.Option("--from", help="Source: sqlite:///path/cityos.sqlite3 or postgresql://")
+    ],
+    target: Annotated[str, typer.Option("--to", help="Target database URL")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace what the target holds / 既存データを置換")
+    ] = False,
+) -> None:
+    """Copy a whole installation between databases / インストール全体を別のDBへ複製します。"""
+    from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
+    from rich.progress import Progress as ProgressBar
+
+    from cityos.storage.transfer import TransferError, copy_installation
+
+    with ProgressBar(
+        TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(table: str, done: int, total: int | None) -> None:
+            if table not in tasks:
+                tasks[table] = bar.add_task(table, total=total)
+            bar.update(tasks[table], advance=done, total=total)
+
+        try:
+            counts = copy_installation(source, target, force=force, progress=progress)
+        except TransferError as error:
+            bar.stop()
+            console.print(f"[red]{error}[/] / コピーできません")
+            raise typer.Exit(2) from None
+    table = Table("table / 種類", "rows / 件数")
+    for kind, count in counts.items():
+        table.add_row(kind, str(count))
+    console.print(table)
+    console.print(f"Copied {source} to {target} / コピーが完了しました")
+
+
+@db_app.command("backup")
+def db_backup(
+    to: Annotated[Path, typer.Option("--to", help="Backup file to write / 書き出すファイル")],
+    database: DatabaseOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Back up the installation (safe while serving) / バックアップを作成します。"""
+    from cityos.storage import backup
+    from cityos.storage.postgres import is_postgres_url
+
+    settings = _settings(database=database, data_dir=data_dir)
+    try:
+        if is_postgres_url(settings.database):
+            assert settings.database is not None
+            backup.backup_postgres(settings.database, to)
+            what = "pg_dump -Fc"
+        else:
+            what = ", ".join(backup.backup_sqlite(settings.sqlite_path, to))
+    except backup.BackupError as error:
+        console.print(f"[red]{error}[/] / バックアップできません")
+        raise typer.Exit(2) from None
+    console.print(f"Backed up to {to} ({what}) / バックアップしました")
+
+
+@db_app.command("restore")
+def db_restore(
+    source: Annotated[Path, typer.Option("--from", help="Backup file / バックアップファイル")],
+    database: DatabaseOption = None,
+    data_dir: DataDirOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing installation / 既存を置換")
+    ] = False,
+) -> None:
+    """Restore a backup; stop the server first / バックアップから復元します（サーバー停止後）。"""
+    from cityos.storage import backup
+    from cityos.storage.postgres import is_postgres_url
+
+    settings = _settings(database=database, data_dir=data_dir)
+    try:
+        if is_postgres_url(settings.database):
+            assert settings.database is not None
+            backup.restore_postgres(source, settings.database, force=force)
+        else:
+            backup.restore_sqlite(source, settings.sqlite_path, force=force)
+    except backup.BackupError as error:
+        console.print(f"[red]{error}[/] / 復元できません")
+        raise typer.Exit(2) from None
+    console.print(f"Restored {source} / 復元しました")
+
+
 @app.command()
 def demo(
     host: HostOption = None,

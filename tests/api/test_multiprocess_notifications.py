@@ -203,3 +203,29 @@ def test_outbox_of_a_killed_process_is_delivered_once_by_the_survivor(
     assert sorted(got) == [(f"urn:ngsi-ld:Sensor{uid}:1", float(v)) for v in range(5)]
     status = httpx.get(f"{second.api}/subscriptions/{body['id']}").json()["notification"]
     assert status["status"] == "ok"
+
+
+def test_throttling_holds_across_processes(
+    two_servers: tuple[ServerProcess, ServerProcess], receiver: Receiver, uid: str
+) -> None:
+    first, second = two_servers
+    body = subscription(uid, receiver.url, throttling=30)
+    assert httpx.post(first.api + "/subscriptions", json=body).status_code == 201
+    time.sleep(1.0)
+    for n in range(6):
+        server = (first, second)[n % 2]
+        assert httpx.post(server.api + "/entities", json=sensor(uid, n)).status_code == 201
+    assert len(received_values(receiver, 1)) == 1
+    assert receiver.nothing_within(1.5), "one notification per throttling period in all"
+
+
+def test_periodic_notifications_are_sent_by_one_process(
+    two_servers: tuple[ServerProcess, ServerProcess], receiver: Receiver, uid: str
+) -> None:
+    first, second = two_servers
+    assert httpx.post(first.api + "/entities", json=sensor(uid, 1)).status_code == 201
+    body = subscription(uid, receiver.url, timeInterval=1)
+    assert httpx.post(second.api + "/subscriptions", json=body).status_code == 201
+    time.sleep(4.5)
+    count = receiver.received.qsize()
+    assert 2 <= count <= 5, f"{count} notifications in 4.5 s at one a second"

@@ -87,12 +87,15 @@ def open_state_stores(
     )
 
 
-def open_key_store(database: str | None, sqlite_path: Path) -> KeyStore:
-    """Only the API keys of an installation (the ``cityos keys`` commands); closing the
-    store releases everything it opened."""
+def open_key_store(database: str | None, sqlite_path: Path | None = None) -> KeyStore:
+    """Only the API keys of an installation (the ``cityos keys`` commands): of the
+    PostgreSQL ``database``, else of the SQLite installation at ``sqlite_path``. Closing
+    the store releases everything it opened."""
     if is_postgres_url(database):
         assert database is not None
         from cityos.storage.postgres_keys import PostgresKeyStore
 
         return PostgresKeyStore(open_state_pool(database, size=1), owns_pool=True)
+    if sqlite_path is None:
+        raise ValueError("A SQLite installation needs its path")
     return SqliteKeyStore(sqlite_key_path(sqlite_path))
