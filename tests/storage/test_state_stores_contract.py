@@ -18,15 +18,33 @@ import pytest
 from cityos.core.errors import BadRequestData
 from cityos.storage import postgres
 from cityos.storage.keys import StoredKey
-from cityos.storage.state_stores import StateStores, open_state_stores
+from cityos.storage.memory_state import (
+    MemoryDocumentTable,
+    MemoryKeyStore,
+    MemoryState,
+    MemorySubscriptionStore,
+)
+from cityos.storage.state_stores import CONTEXTS_TABLE, StateStores, open_state_stores
 from cityos.storage.subscriptions import DeliveryReport
 
 OpenStores = Callable[..., StateStores]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def open_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStores]:
     """Opens the stores of one installation (each call: another process's stores)."""
+    if request.param == "memory":
+        state = MemoryState()
+
+        def open_memory(lease_s: float = 10.0) -> StateStores:
+            return StateStores(
+                keys=MemoryKeyStore(state),
+                contexts=MemoryDocumentTable(state, CONTEXTS_TABLE),
+                subscriptions=MemorySubscriptionStore(state),
+            )
+
+        yield open_memory
+        return
     database: str | None = None
     if request.param == "postgres":
         database = request.getfixturevalue("new_postgres_database")()

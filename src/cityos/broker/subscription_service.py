@@ -69,25 +69,35 @@ class SubscriptionService:
     async def follow(self, resolve: ResolveContext, resync_s: float) -> None:
         """Shared stores: keep the registry equal to the store until cancelled.
 
-        Each announced change is applied at once; after a broken feed (reconnected a
-        second later) and every ``resync_s`` everything is compared."""
-        resync = asyncio.create_task(self._resync_every(resolve, resync_s))
+        Each announced change is applied at once; whenever the feed (re)opens, since
+        changes made before are not in it, and every ``resync_s``, everything is compared."""
+        tasks = {asyncio.create_task(self._resync_every(resolve, resync_s))}
         try:
             while True:
+                listening = asyncio.Event()
+                waiter = asyncio.create_task(self._resync_when(listening, resolve))
+                tasks.add(waiter)
                 try:
-                    async for tenant, sub_id in self.store.changes():
+                    async for tenant, sub_id in self.store.changes(listening.set):
                         await self.apply_stored(tenant, sub_id, resolve)
                 except Exception:
                     log.warning(
                         "Lost the feed of subscription changes; reconnecting", exc_info=True
                     )
+                if not listening.is_set():
+                    waiter.cancel()
                 await asyncio.sleep(1.0)
-                try:
-                    await self.resync(resolve)
-                except Exception:
-                    log.exception("Comparing subscriptions with the store failed")
+                tasks = {task for task in tasks if not task.done()}
         finally:
-            resync.cancel()
+            for task in tasks:
+                task.cancel()
+
+    async def _resync_when(self, event: asyncio.Event, resolve: ResolveContext) -> None:
+        await event.wait()
+        try:
+            await self.resync(resolve)
+        except Exception:
+            log.exception("Comparing subscriptions with the store failed")
 
     async def _resync_every(self, resolve: ResolveContext, interval_s: float) -> None:
         while True:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -171,14 +171,17 @@ class PostgresSubscriptionStore:
             ).fetchall()
         return {row[0]: dict(zip(_DELIVERY_KEYS, row[1:], strict=True)) for row in rows}
 
-    async def changes(self) -> AsyncIterator[_Key]:
-        """``(tenant, id)`` of every subscription another process changes, as they come.
+    async def changes(self, listening: Callable[[], None] | None = None) -> AsyncIterator[_Key]:
+        """``(tenant, id)`` of every subscription another process changes, as they come;
+        ``listening`` is called once changes are being listened to.
 
         Runs until cancelled; raises ``psycopg.Error`` when the connection is lost (the
         caller reconnects and compares everything, since changes may have been missed).
         """
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
+            if listening is not None:
+                listening()
             async for notice in conn.notifies():
                 message = orjson.loads(notice.payload)
                 if message.get("origin") != self.owner:
@@ -211,12 +214,11 @@ class PostgresSubscriptionStore:
                 "RETURNING seq, tenant, subscription_id, payload",
                 {"me": self.owner, "limit": limit},
             ).fetchall()
-            if rows:
-                # Owners that are gone and own nothing any more need no row.
-                conn.execute(
-                    "DELETE FROM notifier_owners n WHERE lease_until < now() AND NOT EXISTS "
-                    "(SELECT 1 FROM outbox o WHERE o.owner = n.owner)"
-                )
+            # Owners that are gone and own nothing any more need no row.
+            conn.execute(
+                "DELETE FROM notifier_owners n WHERE lease_until < now() AND NOT EXISTS "
+                "(SELECT 1 FROM outbox o WHERE o.owner = n.owner)"
+            )
         return sorted(
             (
                 OutboxRow(int(seq), tenant, sub_id, bytes(payload))
@@ -294,6 +296,11 @@ class PostgresSubscriptionStore:
             conn.execute(
                 "UPDATE notifier_owners SET lease_until = '-infinity' WHERE owner = %s",
                 (self.owner,),
+            )
+            conn.execute(
+                "DELETE FROM notifier_owners WHERE owner = %(me)s AND NOT EXISTS "
+                "(SELECT 1 FROM outbox WHERE owner = %(me)s)",
+                {"me": self.owner},
             )
 
     def claim_throttle(self, requests: list[tuple[str, str, float]]) -> set[_Key]:

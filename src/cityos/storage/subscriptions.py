@@ -18,7 +18,7 @@ once across processes).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,10 +109,11 @@ class SubscriptionStore(Protocol):
         """The stored ``delivery`` member of each subscription named, by id."""
         ...
 
-    def changes(self) -> AsyncIterator[_Key]:
+    def changes(self, listening: Callable[[], None] | None = None) -> AsyncIterator[_Key]:
         """Shared stores: ``(tenant, id)`` of each subscription another process saves or
-        deletes, until cancelled; raises when the feed breaks (changes may have been
-        missed: compare with :meth:`load_all`). One-process stores end at once."""
+        deletes, until cancelled; ``listening`` is called once the feed is open (what
+        changed before is not in it: compare with :meth:`load_all`). Raises when the
+        feed breaks. One-process stores end at once."""
         ...
 
     def enqueue(self, rows: list[tuple[str, str, bytes]]) -> list[int]:
@@ -248,7 +249,7 @@ class SqliteSubscriptionStore:
                 found[sub_id] = record.get("delivery") or {}
         return found
 
-    async def changes(self) -> AsyncIterator[_Key]:
+    async def changes(self, listening: Callable[[], None] | None = None) -> AsyncIterator[_Key]:
         """Nothing: no other process writes this file."""
         nothing: tuple[_Key, ...] = ()
         for change in nothing:
