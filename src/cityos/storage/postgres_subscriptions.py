@@ -8,8 +8,9 @@ How each notification is sent once although N processes run (design notes):
   each row once the endpoint accepted it. No other process ever sees the write, so none
   can notify it a second time.
 - A process proves it is alive by renewing its row in ``notifier_owners``
-  (``lease_until``) every few seconds. Rows of an owner whose lease ran out (the process
-  died, or stopped cleanly and gave its lease up) are claimed by another process with
+  (``lease_until``) every few seconds; every owner of outbox rows has such a row (an
+  owner row goes only once it owns nothing). Rows of an owner whose lease ran out (the
+  process died, or stopped cleanly and gave its lease up) are claimed by another process with
   ``UPDATE ... WHERE seq IN (SELECT ... FOR UPDATE SKIP LOCKED)``: each row goes to one
   claimer, and concurrent claimers skip each other's rows instead of waiting.
 - The one window for a duplicate: a process frozen for longer than the lease (not dead)
@@ -194,11 +195,22 @@ class PostgresSubscriptionStore:
             return []
         tenants, sub_ids, payloads = (list(column) for column in zip(*rows, strict=True))
         with self._pool.connection() as conn:
+            # The owner row is put back if a cleanup removed it while this process
+            # was frozen: rows must never belong to an owner nobody can see expire.
             found = conn.execute(
+                "WITH o AS (INSERT INTO notifier_owners (owner, lease_until) "
+                " VALUES (%(me)s, now() + make_interval(secs => %(lease)s)) "
+                " ON CONFLICT (owner) DO NOTHING) "
                 "INSERT INTO outbox (tenant, subscription_id, payload, owner) "
-                "SELECT t, s, p, %s FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
+                "SELECT t, s, p, %(me)s FROM unnest(%(t)s::text[], %(s)s::text[], %(p)s::bytea[]) "
                 "WITH ORDINALITY AS r(t, s, p, n) ORDER BY n RETURNING seq",
-                (self.owner, tenants, sub_ids, payloads),
+                {
+                    "me": self.owner,
+                    "lease": self._lease_s,
+                    "t": tenants,
+                    "s": sub_ids,
+                    "p": payloads,
+                },
             ).fetchall()
         # bigserial values are drawn in the order of the ordered SELECT.
         return sorted(int(seq) for (seq,) in found)
@@ -208,8 +220,8 @@ class PostgresSubscriptionStore:
         with self._pool.connection() as conn:
             rows = conn.execute(
                 "UPDATE outbox SET owner = %(me)s WHERE seq IN ("
-                " SELECT seq FROM outbox WHERE owner <> %(me)s AND owner NOT IN ("
-                "  SELECT owner FROM notifier_owners WHERE lease_until > now())"
+                " SELECT seq FROM outbox WHERE owner IN ("
+                "  SELECT owner FROM notifier_owners WHERE lease_until <= now())"
                 " ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
                 "RETURNING seq, tenant, subscription_id, payload",
                 {"me": self.owner, "limit": limit},
@@ -240,33 +252,33 @@ class PostgresSubscriptionStore:
     def settle(self, seqs: list[int], reports: list[DeliveryReport]) -> None:
         if not seqs and not reports:
             return
-        with self._pool.connection() as conn, conn.transaction():
-            if seqs:
-                conn.execute("DELETE FROM outbox WHERE seq = ANY(%s)", (seqs,))
-            if reports:
-                conn.execute(
-                    "UPDATE subscriptions s SET times_sent = s.times_sent + r.sent, "
-                    "times_failed = s.times_failed + r.failed, "
-                    "last_notification = GREATEST(s.last_notification, r.ln), "
-                    "last_success = GREATEST(s.last_success, r.ls), "
-                    "last_failure = GREATEST(s.last_failure, r.lf), "
-                    "status = CASE WHEN r.ln IS NOT NULL AND (s.last_notification IS NULL "
-                    " OR r.ln >= s.last_notification) THEN r.status ELSE s.status END "
-                    "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], "
-                    " %s::text[], %s::text[], %s::text[], %s::text[]) "
-                    " AS r(tenant, id, sent, failed, ln, ls, lf, status) "
-                    "WHERE s.tenant = r.tenant AND s.id = r.id",
-                    (
-                        [r.tenant for r in reports],
-                        [r.subscription_id for r in reports],
-                        [r.sent for r in reports],
-                        [r.failed for r in reports],
-                        [r.last_notification for r in reports],
-                        [r.last_success for r in reports],
-                        [r.last_failure for r in reports],
-                        [r.status for r in reports],
-                    ),
-                )
+        # One statement (atomic without a transaction block: one round trip).
+        with self._pool.connection() as conn:
+            conn.execute(
+                "WITH d AS (DELETE FROM outbox WHERE seq = ANY(%(seqs)s)) "
+                "UPDATE subscriptions s SET times_sent = s.times_sent + r.sent, "
+                "times_failed = s.times_failed + r.failed, "
+                "last_notification = GREATEST(s.last_notification, r.ln), "
+                "last_success = GREATEST(s.last_success, r.ls), "
+                "last_failure = GREATEST(s.last_failure, r.lf), "
+                "status = CASE WHEN r.ln IS NOT NULL AND (s.last_notification IS NULL "
+                " OR r.ln >= s.last_notification) THEN r.status ELSE s.status END "
+                "FROM unnest(%(tenant)s::text[], %(id)s::text[], %(sent)s::bigint[], "
+                " %(failed)s::bigint[], %(ln)s::text[], %(ls)s::text[], %(lf)s::text[], "
+                " %(status)s::text[]) AS r(tenant, id, sent, failed, ln, ls, lf, status) "
+                "WHERE s.tenant = r.tenant AND s.id = r.id",
+                {
+                    "seqs": seqs,
+                    "tenant": [r.tenant for r in reports],
+                    "id": [r.subscription_id for r in reports],
+                    "sent": [r.sent for r in reports],
+                    "failed": [r.failed for r in reports],
+                    "ln": [r.last_notification for r in reports],
+                    "ls": [r.last_success for r in reports],
+                    "lf": [r.last_failure for r in reports],
+                    "status": [r.status for r in reports],
+                },
+            )
 
     # ------------------------------------------------------------- coordination
 

@@ -53,5 +53,7 @@ CREATE TABLE outbox (
     payload bytea NOT NULL,
     owner text NOT NULL
 );
+-- By owner: taking over the rows of a dead process, and "which rows are still mine".
+-- Not by subscription: rows are inserted and deleted thousands of times a second, while a
+-- subscription is deleted rarely and the outbox holds only what is not delivered yet.
 CREATE INDEX outbox_by_owner ON outbox (owner);
-CREATE INDEX outbox_by_subscription ON outbox (tenant, subscription_id);
