@@ -29,6 +29,7 @@ from cityos.api.problems import (
 from cityos.broker.changes import ObservedStorage
 from cityos.broker.context import ContextResolver, core_context_body
 from cityos.broker.context_store import PersistentContextStore
+from cityos.broker.event_relay import EventRelay
 from cityos.broker.event_stream import EventHub
 from cityos.broker.notifier import DeliveryPolicy, Notifier
 from cityos.broker.service import ContextBroker
@@ -41,6 +42,7 @@ from cityos.settings import Settings
 from cityos.storage import postgres, sqlite
 from cityos.storage.base import TemporalStorage
 from cityos.storage.postgres import PostgresStorage, is_postgres_url
+from cityos.storage.postgres_pool import DatabaseUnavailable
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.state_stores import open_state_stores
 
@@ -172,6 +174,8 @@ def create_app(
                 asyncio.create_task(run_every(context_store.reload, settings.state_resync_s)),
             ]
         event_hub.bind(asyncio.get_running_loop())
+        if event_relay is not None:
+            await event_relay.start()
         app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
         retention_task = None
         if settings.retention:
@@ -190,6 +194,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await notifier.stop()
+        if event_relay is not None:
+            await event_relay.stop()
         event_hub.close()
         store.close()
         state.close()
@@ -223,8 +229,17 @@ def create_app(
         queue_limit=settings.events_queue_limit,
         max_streams=settings.events_max_streams,
     )
-    observed.add_listener(event_hub.on_changes)
+    # Several processes share a PostgreSQL database: its NOTIFY carries every change to
+    # every process's streams. Otherwise the hub hears this process's changes directly.
+    event_relay = None
+    if is_postgres_url(settings.database) and isinstance(store, PostgresStorage):
+        assert settings.database is not None
+        event_relay = EventRelay(event_hub, settings.database, fetch=store.get)
+        observed.add_listener(event_relay.on_changes)
+    else:
+        observed.add_listener(event_hub.on_changes)
     app.state.events = event_hub
+    app.state.event_relay = event_relay
     app.state.subscriptions = subscription_service
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
@@ -237,8 +252,18 @@ def create_app(
 
     @app.get("/health", tags=["operations"])
     async def health() -> JSONResponse:
-        """200 ``{"status": "ok"}`` once the server is ready."""
-        return JSONResponse({"status": "ok"})
+        """200 ``{"status": "ok", "database": "ok"}`` once the server is ready and its
+        database answers; 503 with ``"database": "unavailable"`` while it does not, so
+        that a load balancer takes this process out of rotation."""
+        if isinstance(store, PostgresStorage) and not await asyncio.to_thread(
+            store.database_reachable
+        ):
+            return JSONResponse(
+                {"status": "unavailable", "database": "unavailable"},
+                status_code=503,
+                headers={"Retry-After": str(DatabaseUnavailable.retry_after_s)},
+            )
+        return JSONResponse({"status": "ok", "database": "ok"})
 
     for module in (entities, batch, discovery, contexts, subscriptions, temporal):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
@@ -247,3 +272,9 @@ def create_app(
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(TrailingSlashMiddleware, prefix=NGSI_LD_PREFIX)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The application with settings from the environment: the factory that
+    ``cityos serve --workers N`` hands to each uvicorn worker process."""
+    return create_app(Settings())

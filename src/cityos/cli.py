@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -53,6 +54,48 @@ def _run(settings: Settings, *, access_log: bool = False) -> None:
     )
 
 
+def _run_workers(
+    settings: Settings, overrides: dict[str, Any], *, access_log: bool = False
+) -> None:  # Any: pydantic field values
+    """Serve with ``settings.workers`` uvicorn worker processes on one port.
+
+    Each worker builds its own app from the environment (``app_from_environment``), so
+    the command-line overrides are exported as ``CITYOS_*`` variables first. Pending
+    migrations are applied here, once, rather than by every worker at the same time.
+    """
+    from cityos.app import upgrade_database
+    from cityos.storage.postgres import is_postgres_url
+
+    if not is_postgres_url(settings.database):
+        Console(stderr=True).print(
+            f"[yellow]{settings.workers} workers on SQLite: their writes wait for each other "
+            "and each /events stream sees only its own worker's changes; use PostgreSQL "
+            "(--database) for several processes. / SQLite では複数ワーカーの書き込みは直列に"
+            "なり、/events は自分のワーカーの変更しか配信しません。複数プロセスには "
+            "PostgreSQL を使ってください。[/]"
+        )
+    if settings.upgrade_on_start:
+        upgrade_database(settings)
+        overrides["upgrade_on_start"] = False
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"CITYOS_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+    uvicorn.run(
+        "cityos.app:app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=access_log,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=5,
+    )
+
+
 @app.command()
 def serve(
     host: HostOption = None,
@@ -63,12 +106,29 @@ def serve(
         bool | None, typer.Option("--upgrade", help="Apply pending schema migrations first")
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="API processes on the one port (PostgreSQL; default CITYOS_WORKERS or 1) / "
+            "ワーカープロセス数",
+        ),
+    ] = None,
 ) -> None:
     """Run the platform (NGSI-LD broker and APIs) / プラットフォームを起動します。"""
-    settings = _settings(
-        host=host, port=port, data_dir=data_dir, database=database, upgrade_on_start=upgrade
-    )
-    _run(settings, access_log=access_log)
+    overrides: dict[str, Any] = {  # Any: pydantic field values
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "database": database,
+        "upgrade_on_start": upgrade,
+        "workers": workers,
+    }
+    settings = _settings(**overrides)
+    if settings.workers > 1:
+        _run_workers(settings, overrides, access_log=access_log)
+    else:
+        _run(settings, access_log=access_log)
 
 
 @db_app.command("upgrade")

@@ -20,6 +20,14 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "API processes serving the one port (`cityos serve --workers N`). Meant for "
+            "PostgreSQL; SQLite serialises their writes and cannot share /events between them."
+        ),
+    )
     data_dir: Path = Path("data")
     database: str | None = Field(
         default=None,

@@ -66,7 +66,6 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
 from cityos.broker.model import AttributeInstance, StoredEntity
 from cityos.core.errors import AlreadyExists, BadRequestData, ResourceNotFound
@@ -87,6 +86,7 @@ from cityos.storage.base import (
     numeric_value,
 )
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
+from cityos.storage.postgres_pool import ReconnectingPool
 
 Connection = psycopg.Connection[tuple[Any, ...]]  # Any: column values of any SQL type
 
@@ -385,13 +385,9 @@ class PostgresStorage:
                     f"The database schema is at version {current}; this cityos needs "
                     f"version {needed}. Run `cityos db upgrade` (or start with --upgrade)."
                 )
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True},
-            open=True,
-            name="cityos",
+        # Outages (503 while the database is away, reconnection): see postgres_pool.
+        self._pool = ReconnectingPool(
+            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, name="cityos"
         )
         self._pinned: Connection | None = None
         self._pinned_thread = 0
@@ -939,6 +935,10 @@ class PostgresStorage:
                 "AND t.time < 'epoch'::timestamptz + %s * interval '1 ms'",
                 (type_iri, before_ms),
             ).rowcount
+
+    def database_reachable(self) -> bool:
+        """True when the database answers a trivial query now (``/health``); never raises."""
+        return self._pool.ping()
 
     def close(self) -> None:
         self._pool.close()
