@@ -18,6 +18,7 @@ from starlette.routing import Match
 
 from cityos import __version__
 from cityos.api import events
+from cityos.api import ingest as ingest_routes
 from cityos.api.auth import ApiKeyMiddleware
 from cityos.api.ngsild import batch, contexts, discovery, entities, subscriptions, temporal
 from cityos.api.ngsild.common import TrailingSlashMiddleware
@@ -38,9 +39,12 @@ from cityos.broker.subscriptions import SubscriptionRegistry
 from cityos.broker.temporal import TemporalBroker, retention_from_settings
 from cityos.core import errors
 from cityos.core.timeutil import datetime_ms, now_iso
+from cityos.ingest.registry import DeviceRegistry
+from cityos.ingest.runtime import IngestRuntime
 from cityos.settings import Settings
 from cityos.storage import postgres, sqlite
 from cityos.storage.base import TemporalStorage
+from cityos.storage.ingest_tables import IngestTables
 from cityos.storage.postgres import PostgresStorage, is_postgres_url
 from cityos.storage.postgres_pool import DatabaseUnavailable
 from cityos.storage.sqlite import SqliteStorage
@@ -147,6 +151,40 @@ async def run_every(job: Callable[[], None], interval_s: float) -> None:
             log.exception("Periodic %s failed", getattr(job, "__qualname__", job))
 
 
+async def _start_ingestion(
+    app: FastAPI,
+    settings: Settings,
+    store: TemporalStorage,
+    observed: ObservedStorage,
+    expand: Callable[[str], str],
+) -> IngestRuntime | None:
+    """Start sensor ingestion (HTTP endpoints, MQTT when ``CITYOS_MQTT_URL`` is set,
+    device health) when the storage backend has the ingestion tables."""
+    if not isinstance(store, IngestTables):
+        log.warning("Storage %r has no ingestion tables: ingestion is off", store)
+        return None
+    registry = DeviceRegistry(app.state.broker, tenant=settings.ingest_tenant, expand=expand)
+    registry.load()
+    observed.add_listener(registry.on_changes)
+    runtime = IngestRuntime(
+        settings,
+        storage=observed,
+        backend=store,
+        tables=store,
+        broker=app.state.broker,
+        registry=registry,
+        expand=expand,
+    )
+    await runtime.start()
+    app.state.ingest_registry = registry
+    app.state.ingest_intake = runtime.intake
+    app.state.ingest_stats = runtime.stats
+    app.state.ingest_tables = store
+    app.state.ingest_mqtt_status = runtime.mqtt_status
+    app.state.ingest = runtime
+    return runtime
+
+
 def create_app(
     settings: Settings | None = None, *, storage: TemporalStorage | None = None
 ) -> FastAPI:
@@ -183,12 +221,15 @@ def create_app(
             retention_task = asyncio.create_task(
                 run_retention(app.state.temporal, retention_ms, settings.retention_interval_s)
             )
+        ingest = await _start_ingestion(app, settings, store, observed, core.expand)
         if settings.auth == "off":
             log.warning(
                 "Authentication is OFF (CITYOS_AUTH=off): anyone can write. "
                 "Use this only for local development."
             )
         yield
+        if ingest is not None:
+            await ingest.stop()
         for task in [*shared_tasks, *([retention_task] if retention_task else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -268,6 +309,7 @@ def create_app(
     for module in (entities, batch, discovery, contexts, subscriptions, temporal):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
     app.include_router(events.router, tags=["events"])
+    app.include_router(ingest_routes.router)
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(TrailingSlashMiddleware, prefix=NGSI_LD_PREFIX)

@@ -1,4 +1,4 @@
-"""The ``cityos`` command: serve, demo, keys, db."""
+"""The ``cityos`` command: serve, demo, keys, db, devices, simulate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from cityos.ingest.commands import devices_app, simulate_command
 from cityos.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,7 +23,19 @@ keys_app = typer.Typer(help="API keys / APIキー", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 db_app = typer.Typer(help="Database schema / データベース", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(devices_app, name="devices")
+app.command("simulate")(simulate_command)
 console = Console()
+
+
+def _add_ingest_commands() -> None:
+    from cityos.ingest.cli import coverage, ingest_app
+
+    app.add_typer(ingest_app, name="ingest")
+    app.command("coverage")(coverage)
+
+
+_add_ingest_commands()
 
 HostOption = Annotated[str | None, typer.Option(help="Address to listen on")]
 PortOption = Annotated[int | None, typer.Option(help="Port to listen on")]

@@ -116,6 +116,67 @@ class Settings(BaseSettings):
         ),
     )
 
+    mqtt_url: str | None = Field(
+        default=None,
+        description=(
+            "MQTT broker of the LoRaWAN network server, e.g. mqtt://127.0.0.1:1883 "
+            "(mqtts:// for TLS, user:password@ allowed); unset = no MQTT ingestion."
+        ),
+    )
+    mqtt_client_id: str = Field(
+        default="cityos-ingest",
+        description="Fixed MQTT client id: the broker keeps this session's messages.",
+    )
+    mqtt_shared_group: str | None = Field(
+        default=None,
+        description="Subscribe as $share/GROUP/... so several workers split the traffic.",
+    )
+    mqtt_chirpstack_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["application/+/device/+/event/+"],
+        description="ChirpStack v4 event topics (comma-separated).",
+    )
+    mqtt_ttn_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["v3/+/devices/+/+"],
+        description="The Things Stack v3 topics (comma-separated).",
+    )
+    mqtt_session_expiry_s: int = Field(
+        default=86_400, description="How long the broker keeps our session while we are away."
+    )
+    mqtt_receive_maximum: int = Field(
+        default=1000,
+        ge=1,
+        le=65_535,
+        description="Unacknowledged messages the broker may send us (bounds a batch).",
+    )
+    ingest_secret: str | None = Field(
+        default=None,
+        description=(
+            "Shared secret HTTP ingestion requires in X-Ingest-Secret; unset = the HTTP "
+            "ingestion endpoints answer 503."
+        ),
+    )
+    ingest_max_body_bytes: int = Field(
+        default=65_536, description="Larger ingestion messages are refused (dead-lettered)."
+    )
+    ingest_batch_size: int = Field(
+        default=500, ge=1, description="Most messages stored in one transaction."
+    )
+    ingest_tenant: str = Field(default="", description="NGSI-LD tenant ingestion writes to.")
+    ingest_dedupe_ttl_s: float = Field(
+        default=86_400.0,
+        description="How long the keys of stored uplinks are kept to drop redeliveries.",
+    )
+    ingest_health_interval_s: float = Field(
+        default=60.0, description="How often silent devices are looked for (Alert entities)."
+    )
+
+    @field_validator("mqtt_chirpstack_topics", "mqtt_ttn_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("public_types", mode="before")
     @classmethod
     def _split_public_types(cls, value: object) -> object:

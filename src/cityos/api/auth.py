@@ -16,7 +16,8 @@ from cityos.api.problems import problem_response
 from cityos.core.errors import Forbidden, Unauthorized
 from cityos.storage.keys import ANONYMOUS, KeyStore, Principal
 
-_OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/redoc")
+# The ingestion endpoints authenticate with their shared secret (see cityos.api.ingest).
+_OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/redoc", "/ingest/chirpstack", "/ingest/ttn")
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _READ_POST_PATHS = frozenset({"/ngsi-ld/v1/entityOperations/query"})
 

@@ -90,6 +90,15 @@ class ObservedStorage:
             self._record(EntityChange(tenant, entity["id"], before, entity))
         return before
 
+    def write_many(
+        self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
+    ) -> None:
+        with self.transaction():
+            self.inner.write_many(tenant, changes)
+            if self.listeners:
+                for before, after in changes:
+                    self._record(EntityChange(tenant, after["id"], before, after))
+
     def delete(self, tenant: str, entity_id: str) -> bool:
         before = self.inner.get(tenant, entity_id) if self.listeners else None
         deleted = self.inner.delete(tenant, entity_id)

@@ -256,11 +256,15 @@ def changed_instances(
     new_attrs: dict[str, list[AttributeInstance]] = new.get("attrs", {}) if new else {}
     for attr_iri, instances in new_attrs.items():
         before = old_attrs.get(attr_iri)
+        if before is instances:
+            continue  # the same list: unchanged (writers copy what they change)
         for instance in instances:
             if before is None or instance not in before:
                 rows.append((attr_iri, instance))
     for attr_iri, instances in old_attrs.items():
         after = new_attrs.get(attr_iri, [])
+        if after is instances:
+            continue
         kept = {i.get("datasetId") for i in after}
         for instance in instances:
             if instance.get("datasetId") not in kept:
@@ -297,6 +301,15 @@ class Storage(Protocol):
         """Replace an existing entity (same id) and return the document it replaced; raise
         ``ResourceNotFound`` if absent. (Backends read the old document anyway, for index
         and history diffs; returning it spares listeners a second read.)"""
+        ...
+
+    def write_many(
+        self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
+    ) -> None:
+        """Write entities whose previous documents the caller read in this transaction,
+        in order: (``None``, new) inserts, (old, new) replaces ``old`` by ``new``, with the
+        history rows of each pair's difference (the lean path of sensor ingestion; the
+        same entity may appear several times, each pair starting where the last ended)."""
         ...
 
     def delete(self, tenant: str, entity_id: str) -> bool:

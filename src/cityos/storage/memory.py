@@ -25,6 +25,7 @@ from cityos.storage.base import (
     instance_time_ms,
     numeric_value,
 )
+from cityos.storage.ingest_memory import IngestState, MemoryIngestTables
 
 
 class _TemporalEntity:
@@ -35,7 +36,7 @@ class _TemporalEntity:
         self.rows: list[HistoryRow] = []
 
 
-class MemoryStorage:
+class MemoryStorage(MemoryIngestTables):
     """Entities in dicts, keyed by tenant then id; pks are a global insertion counter."""
 
     def __init__(self) -> None:
@@ -45,6 +46,7 @@ class MemoryStorage:
         self._history: dict[tuple[str, str], _TemporalEntity] = {}
         self._history_snapshot: dict[tuple[str, str], _TemporalEntity] | None = None
         self._next_seq = 1
+        self._ingest = IngestState()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -53,12 +55,14 @@ class MemoryStorage:
             return
         self._snapshot = copy.deepcopy(self._entities)
         self._history_snapshot = copy.deepcopy(self._history)
+        ingest_snapshot = copy.deepcopy(self._ingest)
         try:
             yield
         except BaseException:
             self._entities = self._snapshot
             assert self._history_snapshot is not None
             self._history = self._history_snapshot
+            self._ingest = ingest_snapshot
             raise
         finally:
             self._snapshot = None
@@ -94,6 +98,16 @@ class MemoryStorage:
         now = entity.get("modifiedAt") or now_iso()
         self._record(tenant, entity, changed_instances(old, entity, now))
         return copy.deepcopy(old)
+
+    def write_many(
+        self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
+    ) -> None:
+        with self.transaction():
+            for old, new in changes:
+                if old is None:
+                    self.insert(tenant, new)
+                else:
+                    self.update(tenant, new)
 
     def delete(self, tenant: str, entity_id: str) -> bool:
         found = self._entities.get(tenant, {}).pop(entity_id, None)

@@ -85,6 +85,7 @@ from cityos.storage.base import (
     instance_time_ms,
     numeric_value,
 )
+from cityos.storage.ingest_postgres import PostgresIngestTables
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
 from cityos.storage.postgres_pool import ReconnectingPool
 
@@ -365,7 +366,7 @@ _APPEND = (
 _READ_FOR_WRITE = "SELECT doc, xmin::text FROM entities WHERE tenant = %s AND id = %s"
 
 
-class PostgresStorage:
+class PostgresStorage(PostgresIngestTables):
     """``Storage`` on a PostgreSQL + PostGIS database. See :class:`cityos.storage.base.Storage`.
 
     Opening checks the schema version: with ``upgrade`` the pending migrations are
@@ -390,6 +391,8 @@ class PostgresStorage:
             url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, name="cityos"
         )
         self._pinned: Connection | None = None
+        self._url = url
+        self._duties: set[str] = set()
         self._pinned_thread = 0
         self._known_tenants: set[str] = {DEFAULT_TENANT}
         with self._pool.connection() as conn:
@@ -606,6 +609,18 @@ class PostgresStorage:
                 if conn.execute(statement, params).fetchone() is not None:
                     return old
             # Another writer changed (or deleted) the entity since the read: retry.
+
+    def write_many(
+        self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
+    ) -> None:
+        # Each update re-reads its row version (see ``update``), so a concurrent writer
+        # in another process never gets history rows computed against a stale document.
+        with self.transaction():
+            for old, new in changes:
+                if old is None:
+                    self.insert(tenant, new)
+                else:
+                    self.update(tenant, new)
 
     def delete(self, tenant: str, entity_id: str) -> bool:
         while True:
@@ -941,6 +956,7 @@ class PostgresStorage:
         return self._pool.ping()
 
     def close(self) -> None:
+        self.release_duties()
         self._pool.close()
 
 

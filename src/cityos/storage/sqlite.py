@@ -52,6 +52,7 @@ from cityos.storage.base import (
     instance_time_ms,
     numeric_value,
 )
+from cityos.storage.ingest_sqlite import SqliteIngestTables
 from cityos.storage.migrations import load_migrations
 
 GEO_SLOTS = 256
@@ -115,7 +116,7 @@ def upgrade_schema(db: sqlite3.Connection, *, target: int | None = None) -> list
     return applied
 
 
-class SqliteStorage:
+class SqliteStorage(SqliteIngestTables):
     """``Storage`` on one SQLite file. See :class:`cityos.storage.base.Storage`."""
 
     def __init__(self, path: Path, *, cache_mb: int = 64) -> None:
@@ -137,6 +138,11 @@ class SqliteStorage:
         self._attr_ids: dict[str, int] = dict(db.execute("SELECT iri, aid FROM temporal_attrs"))
         self._attr_iris = {aid: iri for iri, aid in self._attr_ids.items()}
         self._next_seq = 1 + (db.execute("SELECT max(seq) FROM temporal").fetchone()[0] or 0)
+        self._tpks: dict[tuple[str, str], int] = {}
+        """Temporal entity keys known to exist (the bulk write path; see write_many)."""
+        self._latest_ms: dict[tuple[int, int], int] = {}
+        """For some (tpk, aid): no history row is later than this (an upper bound), so
+        a newer observation cannot replace a row and needs no lookup (see write_many)."""
 
     # -- transactions ---------------------------------------------------------------
 
@@ -156,6 +162,8 @@ class SqliteStorage:
                     # Attribute ids assigned in the rolled-back transaction are gone too.
                     self._attr_ids = dict(self._db.execute("SELECT iri, aid FROM temporal_attrs"))
                     self._attr_iris = {aid: iri for iri, aid in self._attr_ids.items()}
+                    self._tpks.clear()
+                    self._latest_ms.clear()
                 raise
             self._depth -= 1
             if outermost:
@@ -349,6 +357,145 @@ class SqliteStorage:
             self._record(tenant, entity, changed_instances(old, entity, now), old["type"])
             return old
 
+    # -- bulk writes (sensor ingestion) ------------------------------------------------
+
+    def write_many(
+        self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
+    ) -> None:
+        """The lean path: an update whose index rows stay the same (a sensor's new
+        values) is a document UPDATE and history INSERTs, each one ``executemany`` for
+        the whole batch; finding the observations a row replaces is one indexed join per
+        few hundred rows. Creations and index changes take the ordinary path, after the
+        pending lean writes (so every write sees the ones before it)."""
+        docs: list[tuple[bytes, str, str]] = []
+        history: list[tuple[StoredEntity, list[tuple[str, AttributeInstance]]]] = []
+
+        def flush() -> None:
+            self._db.executemany("UPDATE entities SET doc = ? WHERE tenant = ? AND id = ?", docs)
+            self._record_many(tenant, history)
+            docs.clear()
+            history.clear()
+
+        with self.transaction():
+            for old, new in changes:
+                if old is None or not _same_index_rows(old, new):
+                    flush()
+                    if old is None:
+                        self.insert(tenant, new)
+                    else:
+                        self.update(tenant, new)
+                    continue
+                docs.append((orjson.dumps(new), tenant, new["id"]))
+                now = new.get("modifiedAt") or now_iso()
+                history.append((new, changed_instances(old, new, now)))
+            flush()
+
+    def _record_many(
+        self, tenant: str, items: list[tuple[StoredEntity, list[tuple[str, AttributeInstance]]]]
+    ) -> None:
+        """History rows of several entity writes whose types did not change."""
+        items = [(entity, rows) for entity, rows in items if rows]
+        if not items:
+            return
+        tpks = self._bulk_tpks(tenant, [entity for entity, _ in items])
+        inserts: list[tuple[int, int, int, int, bytes, float | None]] = []
+        observed: dict[tuple[int, int, int, str | None], int] = {}
+        for entity, rows in items:
+            tpk = tpks[entity["id"]]
+            for attr_iri, instance in rows:
+                aid = self._attr_id(attr_iri)
+                time_ms = instance_time_ms(instance)
+                if "observedAt" in instance:
+                    # A later observation of the batch replaces an earlier one.
+                    key = (tpk, aid, time_ms, instance.get("datasetId"))
+                    earlier = observed.get(key)
+                    if earlier is not None:
+                        inserts[earlier] = (0, 0, 0, 0, b"", None)
+                    if "deletedAt" not in instance:
+                        observed[key] = len(inserts)
+                seq = self._next_seq
+                self._next_seq += 1
+                inserts.append(
+                    (tpk, aid, time_ms, seq, orjson.dumps(instance), numeric_value(instance))
+                )
+        self._delete_same_observations(self._possible_replacements(list(observed)))
+        for tpk, aid, time_ms, _ in observed:
+            self._note_time(tpk, aid, time_ms)
+        self._db.executemany(
+            "INSERT INTO temporal (tpk, aid, time_ms, seq, doc, value_num) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [row for row in inserts if row[0]],
+        )
+
+    def _bulk_tpks(self, tenant: str, entities: list[StoredEntity]) -> dict[str, int]:
+        """Temporal entity keys of entities, from memory, one query, or new rows."""
+        found: dict[str, int] = {}
+        missing: list[str] = []
+        for entity in entities:
+            tpk = self._tpks.get((tenant, entity["id"]))
+            if tpk is None:
+                missing.append(entity["id"])
+            else:
+                found[entity["id"]] = tpk
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for entity_id, tpk in self._db.execute(
+                f"SELECT id, tpk FROM temporal_entities WHERE tenant = ? AND id IN ({marks})",
+                (tenant, *chunk),
+            ):
+                found[entity_id] = tpk
+        for entity in entities:
+            if entity["id"] not in found:
+                found[entity["id"]] = self._temporal_pk(
+                    tenant, entity["id"], entity["type"], types_changed=False
+                )
+        for entity_id, tpk in found.items():
+            self._tpks[(tenant, entity_id)] = tpk
+        return found
+
+    def _note_time(self, tpk: int, aid: int, time_ms: int) -> None:
+        latest = self._latest_ms.get((tpk, aid))
+        if latest is not None and time_ms > latest:
+            self._latest_ms[(tpk, aid)] = time_ms
+
+    def _possible_replacements(
+        self, keys: list[tuple[int, int, int, str | None]]
+    ) -> list[tuple[int, int, int, str | None]]:
+        """The observation keys that may have a stored row to replace: not later than
+        every stored row of their attribute (the live case, a newer reading, has none)."""
+        unknown = list({(tpk, aid) for tpk, aid, _, _ in keys} - self._latest_ms.keys())
+        for start in range(0, len(unknown), 400):
+            chunk = unknown[start : start + 400]
+            values = ",".join(["(?, ?)"] * len(chunk))
+            for tpk, aid, latest in self._db.execute(
+                f"SELECT k.column1, k.column2, (SELECT max(t.time_ms) FROM temporal t "
+                f"WHERE t.tpk = k.column1 AND t.aid = k.column2) FROM (VALUES {values}) AS k",
+                [part for pair in chunk for part in pair],
+            ):
+                self._latest_ms[(tpk, aid)] = latest if latest is not None else -(2**62)
+        return [key for key in keys if key[2] <= self._latest_ms[(key[0], key[1])]]
+
+    def _delete_same_observations(self, keys: list[tuple[int, int, int, str | None]]) -> None:
+        """Drop stored rows that observations about to be inserted replace."""
+        doomed: list[tuple[int, int, int, int]] = []
+        wanted = set(keys)
+        for start in range(0, len(keys), 300):
+            chunk = keys[start : start + 300]
+            values = ",".join(["(?, ?, ?)"] * len(chunk))
+            for tpk, aid, time_ms, seq, doc in self._db.execute(
+                f"SELECT t.tpk, t.aid, t.time_ms, t.seq, t.doc FROM (VALUES {values}) AS k "
+                "CROSS JOIN temporal t ON t.tpk = k.column1 AND t.aid = k.column2 "
+                "AND t.time_ms = k.column3",
+                [part for key in chunk for part in key[:3]],
+            ):
+                old = orjson.loads(doc)
+                if "deletedAt" not in old and (tpk, aid, time_ms, old.get("datasetId")) in wanted:
+                    doomed.append((tpk, aid, time_ms, seq))
+        self._db.executemany(
+            "DELETE FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?", doomed
+        )
+
     def delete(self, tenant: str, entity_id: str) -> bool:
         with self.transaction():
             row = self._db.execute(
@@ -484,6 +631,7 @@ class SqliteStorage:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (tpk, aid, time_ms, seq, orjson.dumps(instance), numeric_value(instance)),
             )
+            self._note_time(tpk, aid, time_ms)
             ids.append(f"{INSTANCE_ID_PREFIX}{seq}")
         return ids
 
@@ -627,6 +775,7 @@ class SqliteStorage:
             if attr_iri is None:
                 count = self._db.execute("DELETE FROM temporal WHERE tpk = ?", (tpk,)).rowcount
                 self._db.execute("DELETE FROM temporal_entities WHERE tpk = ?", (tpk,))
+                self._tpks.pop((tenant, entity_id), None)
                 return count + 1
             aid = self._attr_ids.get(attr_iri)
             if aid is None:
@@ -681,6 +830,7 @@ class SqliteStorage:
                 "DELETE FROM temporal WHERE tpk = ? AND aid = ? AND time_ms = ? AND seq = ?",
                 (tpk, aid, time_ms, seq),
             )
+            self._note_time(tpk, aid, instance_time_ms(instance))
             self._db.execute(
                 "INSERT INTO temporal (tpk, aid, time_ms, seq, doc, value_num) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -727,6 +877,31 @@ class SqliteStorage:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _same_index_rows(old: StoredEntity, new: StoredEntity) -> bool:
+    """True when ``new`` has the index rows of ``old`` (types, attribute kinds, geometry),
+    judged without computing them: only attributes whose instance list changed are
+    compared."""
+    if old["type"] != new["type"]:
+        return False
+    old_attrs: dict[str, list[AttributeInstance]] = old["attrs"]
+    new_attrs: dict[str, list[AttributeInstance]] = new["attrs"]
+    if old_attrs.keys() != new_attrs.keys():
+        return False
+    for iri, instances in new_attrs.items():
+        before = old_attrs[iri]
+        if instances is before:
+            continue
+        if len(instances) != len(before):
+            return False
+        for now, then in zip(instances, before, strict=True):
+            kind = now.get("type", "Property")
+            if kind != then.get("type", "Property"):
+                return False
+            if kind == "GeoProperty" and now.get("value") != then.get("value"):
+                return False
+    return True
 
 
 def _instance_seq(instance_id: str) -> int | None:
