@@ -229,3 +229,43 @@ def test_periodic_notifications_are_sent_by_one_process(
     time.sleep(4.5)
     count = receiver.received.qsize()
     assert 2 <= count <= 5, f"{count} notifications in 4.5 s at one a second"
+
+
+def test_delivery_status_counts_the_deliveries_of_both_processes(
+    two_servers: tuple[ServerProcess, ServerProcess], receiver: Receiver, uid: str
+) -> None:
+    first, second = two_servers
+    body = subscription(uid, receiver.url)
+    assert httpx.post(first.api + "/subscriptions", json=body).status_code == 201
+    time.sleep(1.0)
+    for n in range(6):
+        server = (first, second)[n % 2]
+        assert httpx.post(server.api + "/entities", json=sensor(uid, n)).status_code == 201
+    received_values(receiver, 6)
+    deadline = time.monotonic() + 5
+    while True:
+        seen = [
+            httpx.get(f"{server.api}/subscriptions/{body['id']}").json()["notification"]
+            for server in (first, second)
+        ]
+        if all(status.get("timesSent") == 6 for status in seen) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [status.get("timesSent") for status in seen] == [6, 6]
+    assert all(status["status"] == "ok" for status in seen)
+
+
+def test_subscription_deleted_in_one_process_stops_notifying_in_the_other(
+    two_servers: tuple[ServerProcess, ServerProcess], receiver: Receiver, uid: str
+) -> None:
+    first, second = two_servers
+    body = subscription(uid, receiver.url)
+    assert httpx.post(first.api + "/subscriptions", json=body).status_code == 201
+    time.sleep(1.0)
+    assert httpx.post(second.api + "/entities", json=sensor(uid, 1)).status_code == 201
+    received_values(receiver, 1)
+    assert httpx.delete(f"{first.api}/subscriptions/{body['id']}").status_code == 204
+    time.sleep(1.0)
+    assert httpx.get(f"{second.api}/subscriptions/{body['id']}").status_code == 404
+    patch(second.api, uid, 1, 9.0)
+    assert receiver.nothing_within(1.5)

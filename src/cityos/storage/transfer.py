@@ -10,9 +10,10 @@ How (why, not what):
   Inserting records history in the target, so that generated history is wiped and the
   source's history rows are copied as they are, seq (the instance id) and time
   included: the storage protocol cannot write a row with a given instance id.
-- History rows are read and written by the small dialect adapters below, the one
-  place that knows both history schemas. The PostgreSQL instance sequence is moved past
-  the copied ids, so new instances never reuse one.
+- History rows are read and written by the dialect adapters of ``history_rows``, the
+  one place that knows both history schemas. (An entity's record of types that has no
+  history row left, after retention deleted them all, is not copied.) The PostgreSQL
+  instance sequence is moved past the copied ids, so new instances never reuse one.
 - Keys, documents, subscriptions and the outbox go through their store protocols.
   Copied outbox rows belong to no live process, so the first server to start on a
   PostgreSQL target delivers them; on SQLite the next server does.
@@ -23,18 +24,23 @@ How (why, not what):
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 
-from cityos.storage import postgres
 from cityos.storage.base import EntityScan, TemporalStorage
+from cityos.storage.history_rows import (
+    HistoryRecord,
+    Progress,
+    read_postgres_history,
+    read_sqlite_history,
+    write_postgres_history,
+    write_sqlite_history,
+)
 from cityos.storage.postgres import PostgresStorage, is_postgres_url
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.state_stores import (
@@ -44,30 +50,12 @@ from cityos.storage.state_stores import (
     sqlite_subscription_path,
 )
 
-Progress = Callable[[str, int, int | None], None]
-"""``progress(table, rows_done_now, total_or_None)``: called as rows are copied."""
-
 _BATCH = 500
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEPT_TABLES = ("schema_version", "spatial_ref_sys")
 
 
 class TransferError(RuntimeError):
     """The copy cannot start (bad URL, missing source, non-empty target)."""
-
-
-@dataclass(frozen=True)
-class HistoryRecord:
-    """One history row as both dialects can hold it."""
-
-    tenant: str
-    entity_id: str
-    types: list[str]
-    attr_iri: str
-    time_ms: int
-    seq: int
-    doc: bytes
-    value_num: float | None
 
 
 def sqlite_path_of(url: str) -> Path:
@@ -77,141 +65,6 @@ def sqlite_path_of(url: str) -> Path:
             f"Not a database URL: {url!r} (use sqlite:///path/cityos.sqlite3 or postgresql://...)"
         )
     return Path(url.removeprefix("sqlite:///"))
-
-
-# ------------------------------------------------------------------ history adapters
-
-
-def _sqlite_history(path: Path) -> Iterator[HistoryRecord]:
-    db = sqlite3.connect(path)
-    try:
-        rows = db.execute(
-            "SELECT e.tenant, e.id, e.types, a.iri, t.time_ms, t.seq, t.doc, t.value_num "
-            "FROM temporal t JOIN temporal_entities e ON e.tpk = t.tpk "
-            "JOIN temporal_attrs a ON a.aid = t.aid ORDER BY t.seq"
-        )
-        for tenant, entity_id, types, iri, time_ms, seq, doc, num in rows:
-            yield HistoryRecord(
-                tenant, entity_id, orjson.loads(types), iri, time_ms, seq, bytes(doc), num
-            )
-    finally:
-        db.close()
-
-
-def _postgres_history(url: str) -> Iterator[HistoryRecord]:
-    with psycopg.connect(url) as conn, conn.cursor(name="cityos_copy_history") as cursor:
-        cursor.execute(
-            "SELECT e.tenant, e.id, e.types, a.iri, "
-            "(extract(epoch FROM t.time) * 1000)::bigint, t.seq, t.doc, t.value_num "
-            "FROM temporal t JOIN temporal_entities e ON e.tpk = t.tpk "
-            "JOIN temporal_attrs a ON a.aid = t.aid ORDER BY t.seq"
-        )
-        for tenant, entity_id, types, iri, time_ms, seq, doc, num in cursor:
-            yield HistoryRecord(
-                tenant, entity_id, list(types), iri, int(time_ms), int(seq), bytes(doc), num
-            )
-
-
-def _sqlite_write_history(path: Path, rows: Iterator[HistoryRecord], progress: Progress) -> None:
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM temporal")
-        db.execute("DELETE FROM temporal_entities")
-        db.execute("DELETE FROM temporal_attrs")
-        tpks: dict[tuple[str, str], int] = {}
-        aids: dict[str, int] = {}
-        for row in rows:
-            key = (row.tenant, row.entity_id)
-            tpk = tpks.get(key)
-            if tpk is None:
-                cursor = db.execute(
-                    "INSERT INTO temporal_entities (tenant, id, types) VALUES (?, ?, ?)",
-                    (row.tenant, row.entity_id, orjson.dumps(row.types)),
-                )
-                assert cursor.lastrowid is not None
-                tpk = tpks[key] = cursor.lastrowid
-            aid = aids.get(row.attr_iri)
-            if aid is None:
-                cursor = db.execute("INSERT INTO temporal_attrs (iri) VALUES (?)", (row.attr_iri,))
-                assert cursor.lastrowid is not None
-                aid = aids[row.attr_iri] = cursor.lastrowid
-            db.execute(
-                "INSERT INTO temporal (tpk, aid, time_ms, seq, doc, value_num) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (tpk, aid, row.time_ms, row.seq, row.doc, row.value_num),
-            )
-            progress("history", 1, None)
-        db.execute("COMMIT")
-    finally:
-        db.close()
-
-
-def _postgres_write_history(url: str, rows: Iterator[HistoryRecord], progress: Progress) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE temporal, temporal_entities, temporal_attrs RESTART IDENTITY")
-        months = postgres.history_partitions(conn)
-        tpks: dict[tuple[str, str], int] = {}
-        aids: dict[str, int] = {}
-        top_seq = 0
-        batch: list[HistoryRecord] = []
-
-        def flush() -> None:
-            for month in {postgres.month_of(row.time_ms) for row in batch} - months:
-                postgres.create_history_partition(conn, month)
-                months.add(month)
-            with conn.transaction(), conn.cursor() as cursor:
-                for row in batch:
-                    key = (row.tenant, row.entity_id)
-                    if key not in tpks:
-                        found = cursor.execute(
-                            "INSERT INTO temporal_entities (tenant, id, types) "
-                            "VALUES (%s, %s, %s) RETURNING tpk",
-                            (row.tenant, row.entity_id, row.types),
-                        ).fetchone()
-                        assert found is not None
-                        tpks[key] = int(found[0])
-                    if row.attr_iri not in aids:
-                        found = cursor.execute(
-                            "INSERT INTO temporal_attrs (iri) VALUES (%s) RETURNING aid",
-                            (row.attr_iri,),
-                        ).fetchone()
-                        assert found is not None
-                        aids[row.attr_iri] = int(found[0])
-                with cursor.copy(
-                    "COPY temporal (tpk, aid, time, seq, dataset_id, deleted, doc, value_num) "
-                    "FROM STDIN"
-                ) as copy:
-                    for row in batch:
-                        instance: dict[str, Any] = orjson.loads(row.doc)
-                        copy.write_row(
-                            (
-                                tpks[(row.tenant, row.entity_id)],
-                                aids[row.attr_iri],
-                                _EPOCH + timedelta(milliseconds=row.time_ms),
-                                row.seq,
-                                instance.get("datasetId"),
-                                "deletedAt" in instance,
-                                row.doc,
-                                row.value_num,
-                            )
-                        )
-            progress("history", len(batch), None)
-            batch.clear()
-
-        for row in rows:
-            batch.append(row)
-            top_seq = max(top_seq, row.seq)
-            if len(batch) >= 5000:
-                flush()
-        if batch:
-            flush()
-        if top_seq:
-            conn.execute(
-                "SELECT setval('temporal_seq', "
-                "GREATEST(%s, (SELECT last_value FROM temporal_seq)))",
-                (top_seq,),
-            )
 
 
 # ---------------------------------------------------------------- an installation
@@ -231,8 +84,8 @@ class Installation:
 
     def history(self) -> Iterator[HistoryRecord]:
         if self.is_postgres:
-            return _postgres_history(self.url)
-        return _sqlite_history(sqlite_path_of(self.url))
+            return read_postgres_history(self.url)
+        return read_sqlite_history(sqlite_path_of(self.url))
 
     def _history_count(self) -> int:
         if self.is_postgres:
@@ -369,9 +222,9 @@ def _copy(source: Installation, target: Installation, progress: Progress) -> dic
     _copy_tenants(target.url, tenants)
     count("history", 0, None)
     if target.is_postgres:
-        _postgres_write_history(target.url, source.history(), count)
+        write_postgres_history(target.url, source.history(), count)
     else:
-        _sqlite_write_history(sqlite_path_of(target.url), source.history(), count)
+        write_sqlite_history(sqlite_path_of(target.url), source.history(), count)
     # Reopened: the backends cache history ids (attributes, next instance seq) on open.
     target.storage = _open_storage(target.url)
 
