@@ -11,6 +11,8 @@ import hashlib
 import secrets
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -112,10 +114,45 @@ def as_principal(stored: StoredKey) -> Principal:
     return Principal(org=stored.org, role=role, key_id=stored.key_id)
 
 
+class PrincipalCache:
+    """Answers of ``verify`` by key hash, each trusted for ``ttl_s`` seconds.
+
+    ``verify`` runs on every request with a key; the cache spares the database. A key
+    can be revoked by another process (or ``cityos keys revoke`` while the server runs),
+    which this process does not hear about, so an answer expires after ``ttl_s``: a
+    revocation takes effect everywhere within that time.
+    """
+
+    def __init__(self, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def get_or_load(self, digest: str, load: Callable[[str], Principal | None]) -> Principal | None:
+        """The cached answer for ``digest``, or ``load(digest)`` (then cached)."""
+        now = time.monotonic()
+        cached = self._entries.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = load(digest)
+        with self._lock:
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[digest] = (now + self._ttl_s, principal)
+        return principal
+
+    def clear(self) -> None:
+        """Forget every answer (after a change made by this process)."""
+        with self._lock:
+            self._entries.clear()
+
+
 class SqliteKeyStore:
     """API keys in a table of the SQLite database (its own connection)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, cache_s: float = 5.0) -> None:
+        """Open (creating) the key table in ``path``; answers are cached ``cache_s``."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -124,7 +161,7 @@ class SqliteKeyStore:
             "NOT NULL, org TEXT NOT NULL, role TEXT NOT NULL, created_at TEXT NOT NULL, "
             "revoked INTEGER NOT NULL DEFAULT 0)"
         )
-        self._cache: dict[str, Principal | None] = {}
+        self._cache = PrincipalCache(cache_s)
         self._lock = threading.Lock()
 
     def create(self, org: str, role: str) -> tuple[str, Principal]:
@@ -142,18 +179,13 @@ class SqliteKeyStore:
 
     def verify(self, key: str) -> Principal | None:
         """The principal of a valid, unrevoked key; ``None`` otherwise."""
-        digest = hash_key(key)
-        if digest in self._cache:
-            return self._cache[digest]
+        return self._cache.get_or_load(hash_key(key), self._load)
+
+    def _load(self, digest: str) -> Principal | None:
         row = self._db.execute(
             "SELECT key_id, org, role FROM api_keys WHERE key_hash = ? AND revoked = 0", (digest,)
         ).fetchone()
-        principal = None if row is None else Principal(org=row[1], role=row[2], key_id=row[0])
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = principal
-        return principal
+        return None if row is None else Principal(org=row[1], role=row[2], key_id=row[0])
 
     def list_keys(self) -> list[dict[str, object]]:
         """Key metadata (never the key or its hash)."""

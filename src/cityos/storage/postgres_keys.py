@@ -1,18 +1,14 @@
 """API keys in PostgreSQL, shared by every process of an installation.
 
-``verify`` runs on every request with a key, so answers are cached in memory; unlike
-the single-process SQLite store, another process (or ``cityos keys revoke``) can revoke
-a key, so a cached answer is trusted for ``cache_s`` seconds only: a revocation takes
-effect everywhere within that time.
+``verify`` answers from a :class:`~cityos.storage.keys.PrincipalCache`: a revocation
+by another process (or ``cityos keys revoke``) takes effect within ``cache_s`` seconds.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-
 from cityos.storage.keys import (
     Principal,
+    PrincipalCache,
     StoredKey,
     as_principal,
     hash_key,
@@ -28,9 +24,7 @@ class PostgresKeyStore:
         """Use ``pool``; with ``owns_pool`` :meth:`close` closes it too."""
         self._pool = pool
         self._owns_pool = owns_pool
-        self._cache_s = cache_s
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
-        self._lock = threading.Lock()
+        self._cache = PrincipalCache(cache_s)
 
     def create(self, org: str, role: str) -> tuple[str, Principal]:
         key, stored = new_key(org, role)
@@ -40,29 +34,21 @@ class PostgresKeyStore:
     def revoke(self, key_id: str) -> bool:
         with self._pool.connection() as conn:
             cursor = conn.execute("UPDATE api_keys SET revoked = true WHERE key_id = %s", (key_id,))
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
         return cursor.rowcount > 0
 
     def verify(self, key: str) -> Principal | None:
-        digest = hash_key(key)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        return self._cache.get_or_load(hash_key(key), self._load)
+
+    def _load(self, digest: str) -> Principal | None:
         with self._pool.connection() as conn:
             row = conn.execute(
                 "SELECT key_id, org, role FROM api_keys WHERE key_hash = %s AND NOT revoked",
                 (digest,),
             ).fetchone()
-        principal = None
-        if row is not None:
-            principal = as_principal(StoredKey(row[0], digest, row[1], row[2], "", False))
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._cache_s, principal)
-        return principal
+        if row is None:
+            return None
+        return as_principal(StoredKey(row[0], digest, row[1], row[2], "", False))
 
     def list_keys(self) -> list[dict[str, object]]:
         return [
@@ -95,8 +81,7 @@ class PostgresKeyStore:
                 "created_at = excluded.created_at, revoked = excluded.revoked",
                 [(k.key_id, k.key_hash, k.org, k.role, k.created_at, k.revoked) for k in keys],
             )
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
 
     def close(self) -> None:
         if self._owns_pool:

@@ -56,13 +56,15 @@ def sqlite_subscription_path(sqlite_path: Path) -> Path:
 
 
 def open_state_stores(
-    database: str | None, sqlite_path: Path, *, lease_s: float = 10.0
+    database: str | None, sqlite_path: Path, *, lease_s: float = 10.0, key_cache_s: float = 5.0
 ) -> StateStores:
     """The stores of the installation whose database is ``database`` (a PostgreSQL URL)
     or, when that is not a PostgreSQL URL, the SQLite file ``sqlite_path``.
 
     ``lease_s`` is how long a PostgreSQL process's outbox rows stay its own without a
-    renewal (see ``postgres_subscriptions``)."""
+    renewal (see ``postgres_subscriptions``); ``key_cache_s`` how long an API key's
+    verification is trusted before the store is asked again (a revocation by another
+    process or the CLI takes effect within that time)."""
     if is_postgres_url(database):
         assert database is not None
         from cityos.storage.postgres_documents import PostgresDocumentTable
@@ -72,7 +74,7 @@ def open_state_stores(
         pool = open_state_pool(database)
         try:
             return StateStores(
-                keys=PostgresKeyStore(pool),
+                keys=PostgresKeyStore(pool, cache_s=key_cache_s),
                 contexts=PostgresDocumentTable(pool, CONTEXTS_TABLE),
                 subscriptions=PostgresSubscriptionStore(pool, database, lease_s=lease_s),
                 pool=pool,
@@ -81,7 +83,7 @@ def open_state_stores(
             pool.close()
             raise
     return StateStores(
-        keys=SqliteKeyStore(sqlite_key_path(sqlite_path)),
+        keys=SqliteKeyStore(sqlite_key_path(sqlite_path), cache_s=key_cache_s),
         contexts=SqliteDocumentTable(sqlite_path, CONTEXTS_TABLE),
         subscriptions=SqliteSubscriptionStore(sqlite_subscription_path(sqlite_path)),
     )
