@@ -83,8 +83,8 @@ class NoticeChannel:
         """Start listening and sending; returns once the listener is in place (or after
         a few seconds, when the database is away: it keeps trying in the background)."""
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._listening = asyncio.Event()
+        if self._pending:
+            self._wake.set()
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"listen {self.channel}"),
             asyncio.create_task(self._send_forever(), name=f"notify {self.channel}"),
@@ -110,7 +110,8 @@ class NoticeChannel:
     def send(self, notice: str) -> None:
         """Queue a notice for every listener (any thread; never blocks, never raises for
         an outage)."""
-        if len(notice.encode()) > MAX_NOTICE_BYTES:
+        # A character is at most 4 bytes: most notices need no encoding to be checked.
+        if len(notice) * 4 > MAX_NOTICE_BYTES and len(notice.encode()) > MAX_NOTICE_BYTES:
             raise ValueError(f"A notice must be at most {MAX_NOTICE_BYTES} bytes")
         loop = self._loop
         if loop is not None and not _on_loop(loop):
