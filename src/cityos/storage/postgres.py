@@ -87,7 +87,7 @@ from cityos.storage.base import (
 )
 from cityos.storage.ingest_postgres import PostgresIngestTables
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
-from cityos.storage.postgres_pool import ReconnectingPool
+from cityos.storage.postgres_pool import ReconnectingPool, connection_options
 
 Connection = psycopg.Connection[tuple[Any, ...]]  # Any: column values of any SQL type
 
@@ -377,7 +377,7 @@ class PostgresStorage(PostgresIngestTables):
     """
 
     def __init__(self, url: str, *, upgrade: bool = False, pool_size: int = 4) -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True, **connection_options()) as conn:
             if upgrade:
                 upgrade_schema(conn)
             current, needed = schema_version(conn), latest_version("postgres")

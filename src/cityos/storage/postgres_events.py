@@ -8,11 +8,13 @@ one queue. The broker builds on that order (``cityos.broker.event_relay``).
 Two dedicated connections, outside the storage pool:
 
 - the *sender* drains a queue of notices filled by :meth:`NoticeChannel.send` (callable
-  from any thread) and sends what has accumulated with one ``pg_notify`` statement, so a
-  burst of writes costs one round trip. On failure it reconnects and sends again: a
-  notice is never dropped for a passing outage. Only when more than ``max_pending``
-  notices wait (a long outage) are the oldest dropped, and a *gap* notice goes out once
-  the database is back so that every listener knows something went missing.
+  from any thread) and sends what has accumulated with one ``pg_notify`` statement, at
+  most one statement per ``gather_s`` (20 ms), so a steady stream of writes costs one
+  round trip per batch rather than per write; a lone change goes out at once. On
+  failure it reconnects and sends again: a notice is never dropped for a passing
+  outage. Only when more than ``max_pending`` notices wait (a long outage) are the
+  oldest dropped, and a *gap* notice goes out once the database is back so that every
+  listener knows something went missing.
 - the *listener* ``LISTEN``\\ s and hands each notice to ``on_notice`` on the event loop.
   When its connection fails it reconnects every ``reconnect_delay_s``; notices sent
   while it was away are lost to it (PostgreSQL keeps none for absent listeners), so
@@ -62,6 +64,7 @@ class NoticeChannel:
         on_gap: Callable[[str], None],
         reconnect_delay_s: float = 0.5,
         max_pending: int = 10_000,
+        gather_s: float = 0.02,
     ) -> None:
         self.url = url
         self.channel = channel
@@ -69,6 +72,7 @@ class NoticeChannel:
         self.on_gap = on_gap
         self.reconnect_delay_s = reconnect_delay_s
         self.max_pending = max_pending
+        self.gather_s = gather_s
         self._pending: deque[str] = deque()
         self._dropped = 0
         self._wake = asyncio.Event()
@@ -83,8 +87,8 @@ class NoticeChannel:
         """Start listening and sending; returns once the listener is in place (or after
         a few seconds, when the database is away: it keeps trying in the background)."""
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._listening = asyncio.Event()
+        if self._pending:
+            self._wake.set()
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"listen {self.channel}"),
             asyncio.create_task(self._send_forever(), name=f"notify {self.channel}"),
@@ -110,7 +114,8 @@ class NoticeChannel:
     def send(self, notice: str) -> None:
         """Queue a notice for every listener (any thread; never blocks, never raises for
         an outage)."""
-        if len(notice.encode()) > MAX_NOTICE_BYTES:
+        # A character is at most 4 bytes: most notices need no encoding to be checked.
+        if len(notice) * 4 > MAX_NOTICE_BYTES and len(notice.encode()) > MAX_NOTICE_BYTES:
             raise ValueError(f"A notice must be at most {MAX_NOTICE_BYTES} bytes")
         loop = self._loop
         if loop is not None and not _on_loop(loop):
@@ -136,6 +141,10 @@ class NoticeChannel:
                         if conn is None or conn.closed:
                             conn = await self._connect()
                         await self._send_pending(conn)
+                        # Let the next notices gather for a moment: under a steady write
+                        # load one statement (and one wake-up of every listener) then
+                        # carries many, instead of one round trip per write.
+                        await asyncio.sleep(self.gather_s)
                     except psycopg.Error as error:
                         log.warning("Cannot send event notices (%s); retrying", error)
                         if conn is not None:

@@ -9,8 +9,8 @@ waited for a dead database would stall every other request of the process. The
   :class:`DatabaseUnavailable`, which the API answers with 503 ProblemDetails and a
   ``Retry-After``. While the gate is closed, every call fails at once the same way:
   nothing waits for a socket.
-- A background thread probes the server every ``probe_interval_s`` with a fresh
-  connection. When one succeeds it replaces the whole pool (the old one holds only
+- A background thread probes the server at once and then every ``probe_interval_s``
+  with a fresh connection. When one succeeds it replaces the whole pool (the old one holds only
   sockets of the dead server) and opens the gate: recovery needs no restart and
   takes at most one probe interval after the server accepts connections.
 - Errors that are not about reaching the database (constraint violations, lock
@@ -160,12 +160,15 @@ class ReconnectingPool:
                 self._prober.start()
 
     def _probe_until_back(self) -> None:
-        while not self._closed.wait(self.probe_interval_s):
+        # The first probe goes at once: a single dropped connection (an idle one killed
+        # by a firewall or an administrator) should close the gate only for an instant.
+        while not self._closed.is_set():
             try:
                 with psycopg.connect(self._url, **connection_options()) as probe:
                     probe.execute("SELECT 1")
             except psycopg.Error as error:
                 log.debug("PostgreSQL still unavailable: %s", error)
+                self._closed.wait(self.probe_interval_s)
                 continue
             fresh = self._new_pool()
             with self._lock:
