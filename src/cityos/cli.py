@@ -257,6 +257,11 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="Directory for the demo database")] = Path(
         "data/demo"
     ),
+    simulate: Annotated[
+        bool, typer.Option(help="Feed simulated sensors through MQTT / センサーを模擬送信")
+    ] = True,
+    devices: Annotated[int, typer.Option(help="Simulated devices / 模擬端末数")] = 60,
+    rate: Annotated[float, typer.Option(help="Simulated uplinks per second")] = 5.0,
 ) -> None:
     """Run with Toyama demo data and print an admin key / 富山市のデモデータで起動します。"""
     settings = _settings(host=host, port=port, data_dir=data_dir, auth="on")
@@ -279,7 +284,35 @@ def demo(
     console.print(f"  API docs:    {base}/docs")
     console.print(f"  Public without a key / キー不要で公開: {', '.join(settings.public_types)}")
     console.print(f"  Admin API key (shown once) / 管理者APIキー（一度だけ表示）: [bold]{key}[/]")
-    _run(settings)
+    feed = _demo_feed(settings, devices, rate) if simulate else None
+    if feed is not None:
+        settings = feed.settings
+    try:
+        _run(settings)
+    finally:
+        if feed is not None:
+            feed.stop()
+
+
+def _demo_feed(settings: Settings, devices: int, rate: float) -> Any:  # Any: DemoFeed
+    """The simulator feed of the demo (see ``cityos.ingest.demo_feed``), or ``None``."""
+    from cityos.ingest.demo_feed import DemoFeed, prepare
+
+    fed = prepare(settings, devices)
+    if fed is None:
+        console.print(
+            "  No MQTT broker on 127.0.0.1:1883 (or CITYOS_MQTT_URL): no simulated sensors / "
+            "MQTT ブローカーがないため模擬センサーなし"
+        )
+        return None
+    feed = DemoFeed(fed, devices, rate)
+    feed.start()
+    console.print(
+        f"  Simulated sensors / 模擬センサー: {devices} devices, {rate:g}/s via {fed.mqtt_url} "
+        f"(flood scenario); GET {fed.host}:{fed.port}/ingest/stats"
+    )
+    console.print(f"  HTTP ingest secret / HTTP取り込みシークレット: {fed.ingest_secret}")
+    return feed
 
 
 def _key_store(data_dir: Path | None, database: str | None) -> KeyStore:

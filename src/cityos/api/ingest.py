@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -39,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from cityos.api.auth import principal_of
 from cityos.api.problems import problem_response
 from cityos.core import errors
-from cityos.core.timeutil import datetime_ms, format_datetime, now_iso
+from cityos.core.timeutil import datetime_ms, format_ms, now_iso
 from cityos.ingest.coverage import summarize
 from cityos.ingest.deadletters import replay_message
 from cityos.ingest.intake import Submission
@@ -177,7 +176,11 @@ async def ingest_stats(request: Request) -> JSONResponse:
     body: dict[str, Any] = {  # Any: JSON document
         "mqtt": getattr(state, "ingest_mqtt_status", lambda: None)(),
         "backlog": state.ingest_intake.backlog if getattr(state, "ingest_intake", None) else 0,
-        "process": stats.as_json() if stats is not None else None,
+        "process": (
+            stats.as_json(histogram="histogram" in request.query_params)
+            if stats is not None
+            else None
+        ),
         "deadLetters": tables.dead_letter_counts() if tables is not None else {},
     }
     return JSONResponse(body)
@@ -201,18 +204,14 @@ async def ingest_coverage(request: Request) -> JSONResponse:
             {
                 "gatewayId": gateway.gateway_id,
                 "uplinks": gateway.uplinks,
-                "firstHour": _iso(gateway.first_hour_ms),
-                "lastHour": _iso(gateway.last_hour_ms),
+                "firstHour": format_ms(gateway.first_hour_ms),
+                "lastHour": format_ms(gateway.last_hour_ms),
                 "rssiDbm": gateway.rssi_dbm.as_json(),
                 "snrDb": gateway.snr_db.as_json(),
             }
             for gateway in summarize(hours)
         ]
     )
-
-
-def _iso(time_ms: int) -> str:
-    return format_datetime(datetime.fromtimestamp(time_ms / 1000, UTC))
 
 
 # -- dead letters ------------------------------------------------------------------------
@@ -245,8 +244,8 @@ def letter_json(letter: DeadLetter) -> dict[str, Any]:  # Any: JSON document
         "network": letter.network,
         "address": letter.address,
         "devEui": letter.dev_eui,
-        "receivedAt": _iso(letter.received_ms),
-        "lastAttemptAt": _iso(letter.last_attempt_ms),
+        "receivedAt": format_ms(letter.received_ms),
+        "lastAttemptAt": format_ms(letter.last_attempt_ms),
         "attempts": letter.attempts,
         "contentType": letter.content_type,
         "bodySize": letter.body_size,

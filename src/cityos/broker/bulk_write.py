@@ -21,7 +21,7 @@ subscriptions and live events see them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,12 +82,15 @@ class ObservationWriter:
         tenant: str = "",
         *,
         cache_size: int = 0,
+        changed_elsewhere: Callable[[], bool] | None = None,
     ) -> None:
         """``cache_size`` > 0 keeps that many entities in memory between batches, so a
         sensor's next reading does not read back what its last one wrote. Only valid
         when every write of the database goes through this process's ``ObservedStorage``
         (SQLite) and :meth:`on_changes` is registered as its listener: it keeps the
-        cache in step with every other committed write (API requests, health alerts)."""
+        cache in step with every other committed write (API requests, health alerts).
+        ``changed_elsewhere`` (called in each batch's transaction) tells when another
+        process wrote the database after all (a CLI import): the cache is dropped."""
         self.storage = storage
         self.history = history
         self.tenant = tenant
@@ -95,6 +98,7 @@ class ObservationWriter:
         self._iris: dict[str, str] = {}
         self._cache_size = cache_size
         self._cache: dict[str, StoredEntity] = {}
+        self._changed_elsewhere = changed_elsewhere
 
     def on_changes(self, changes: list[EntityChange]) -> None:
         """``ObservedStorage`` listener: remember committed documents (see ``__init__``)."""
@@ -137,6 +141,8 @@ class ObservationWriter:
         self, updates: list[ObservationUpdate], ids: list[str], now: str, outcome: WriteOutcome
     ) -> WriteOutcome:
         with self.storage.transaction():
+            if self._cache and self._changed_elsewhere is not None and self._changed_elsewhere():
+                self._cache.clear()
             current = {i: self._cache[i] for i in ids if i in self._cache}
             missing = [i for i in ids if i not in current]
             if missing:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from cityos.broker.entities import ExpandTerm
 from cityos.broker.model import StoredEntity, instance_value
 from cityos.broker.service import ContextBroker
-from cityos.core.timeutil import datetime_ms, format_datetime, now_iso
+from cityos.core.timeutil import datetime_ms, format_ms, now_iso
 from cityos.ingest.model import device_entity_id
 from cityos.storage.ingest_tables import IngestTables
 
@@ -173,7 +173,7 @@ class HealthMonitor:
         for eui in dev_euis:
             device = devices[eui]
             interval_min = device.profile.expected_interval_s / 60
-            since = _iso(last_seen[eui])
+            since = format_ms(last_seen[eui])
             payload: dict[str, Any] = {  # Any: NGSI-LD entity JSON
                 "id": alert_id(eui),
                 "type": "Alert",
@@ -226,7 +226,7 @@ class HealthMonitor:
                     self.broker.append_attributes(
                         self.tenant,
                         alert_id(eui),
-                        {"validTo": {"type": "Property", "value": _iso(spoke_ms)}},
+                        {"validTo": {"type": "Property", "value": format_ms(spoke_ms)}},
                         self._expand,
                     )
                 except Exception as error:
@@ -236,9 +236,3 @@ class HealthMonitor:
 
 def _is_open(alert: StoredEntity | None, valid_to_iri: str) -> bool:
     return alert is not None and valid_to_iri not in alert.get("attrs", {})
-
-
-def _iso(time_ms: int) -> str:
-    from datetime import UTC, datetime
-
-    return format_datetime(datetime.fromtimestamp(time_ms / 1000, UTC))

@@ -217,9 +217,14 @@ class Pipeline:
             self.stats.batch_failures += 1
             for item in work:
                 self._commit_alone(item)
+        commit_ms = self._clock_ms()
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(work))
-        self.stats.last_commit_ms = self._clock_ms()
+        self.stats.last_commit_ms = commit_ms
+        self.stats.note_lags(
+            commit_ms,
+            [datetime_ms(u.observed_at) for item in work for u in item.stored_uplinks],
+        )
         return [self._outcome(item) for item in work]
 
     def _parse(self, item: _Work) -> None:

@@ -79,7 +79,12 @@ class IngestRuntime:
         # writer's entity cache (PostgreSQL may have other workers).
         cache_size = ENTITY_CACHE_SIZE if isinstance(backend, SqliteStorage) else 0
         writer = ObservationWriter(
-            storage, backend, expand, settings.ingest_tenant, cache_size=cache_size
+            storage,
+            backend,
+            expand,
+            settings.ingest_tenant,
+            cache_size=cache_size,
+            changed_elsewhere=tables.changed_elsewhere,
         )
         if cache_size:
             storage.add_listener(writer.on_changes)

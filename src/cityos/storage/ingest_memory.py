@@ -108,5 +108,8 @@ class MemoryIngestTables:
             if since_ms is None or hour.hour_ms >= since_ms
         ]
 
+    def changed_elsewhere(self) -> bool:
+        return False  # only this process sees the dicts
+
     def claim_duty(self, name: str) -> bool:
         return True

@@ -32,6 +32,8 @@ class SqliteIngestTables:
 
     _db: sqlite3.Connection
     transaction: Callable[[], AbstractContextManager[None]]
+    _forget_cached_rows: Callable[[], None]
+    _seen_data_version: int | None = None
 
     def known_uplink_keys(self, keys: list[str]) -> set[str]:
         found: set[str] = set()
@@ -183,6 +185,16 @@ class SqliteIngestTables:
             )
             for gateway_id, hour_ms, uplinks, rssi, snr in rows
         ]
+
+    def changed_elsewhere(self) -> bool:
+        # SQLite's data_version changes when another connection (a CLI process, say)
+        # committed to the file; our own commits do not change it.
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        changed = version != self._seen_data_version
+        self._seen_data_version = version
+        if changed:
+            self._forget_cached_rows()
+        return changed
 
     def claim_duty(self, name: str) -> bool:
         # One SQLite file has one serving process (the embedded deployment), so the

@@ -184,6 +184,12 @@ class IngestTables(Protocol):
         ``None``), ordered by gateway and hour."""
         ...
 
+    def changed_elsewhere(self) -> bool:
+        """True when another connection may have committed since the last call (then
+        in-process caches of documents must be dropped). Call inside a transaction, so
+        that no commit can slip in between the check and the writes."""
+        ...
+
     def claim_duty(self, name: str) -> bool:
         """True when this process holds (or now takes) the duty ``name``: one process
         among those sharing the database runs it (device health). Held until close."""

@@ -377,6 +377,7 @@ class SqliteStorage(SqliteIngestTables):
             history.clear()
 
         with self.transaction():
+            self.changed_elsewhere()
             for old, new in changes:
                 if old is None or not _same_index_rows(old, new):
                     flush()
@@ -389,6 +390,11 @@ class SqliteStorage(SqliteIngestTables):
                 now = new.get("modifiedAt") or now_iso()
                 history.append((new, changed_instances(old, new, now)))
             flush()
+
+    def _forget_cached_rows(self) -> None:
+        """Drop what the bulk path remembers of history rows (another process wrote)."""
+        self._tpks.clear()
+        self._latest_ms.clear()
 
     def _record_many(
         self, tenant: str, items: list[tuple[StoredEntity, list[tuple[str, AttributeInstance]]]]
