@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -20,6 +21,7 @@ from cityos import __version__
 from cityos.api import events
 from cityos.api import ingest as ingest_routes
 from cityos.api.auth import ApiKeyMiddleware
+from cityos.api.commits import AcknowledgeAfterCommit
 from cityos.api.ngsild import batch, contexts, discovery, entities, subscriptions, temporal
 from cityos.api.ngsild.common import TrailingSlashMiddleware
 from cityos.api.problems import (
@@ -237,6 +239,8 @@ def create_app(
         await notifier.stop()
         if event_relay is not None:
             await event_relay.stop()
+        if read_executor is not None:
+            read_executor.shutdown()
         event_hub.close()
         store.close()
         state.close()
@@ -249,6 +253,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Queries on PostgreSQL run on worker threads (see api.ngsild.common.run_read); they
+    # take 3 of the storage's pool connections (see PostgresStorage).
+    read_executor = (
+        ThreadPoolExecutor(max_workers=3, thread_name_prefix="cityos-read")
+        if isinstance(store, PostgresStorage)
+        else None
+    )
+    app.state.read_executor = read_executor
     observed = ObservedStorage(store)
     app.state.storage = observed
     app.state.broker = ContextBroker(observed, max_limit=settings.max_page_limit)
@@ -310,6 +322,9 @@ def create_app(
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
     app.include_router(events.router, tags=["events"])
     app.include_router(ingest_routes.router)
+    if isinstance(store, PostgresStorage):
+        # Writes commit in groups; each response waits for its own (api.commits).
+        app.add_middleware(AcknowledgeAfterCommit)
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(TrailingSlashMiddleware, prefix=NGSI_LD_PREFIX)
