@@ -89,6 +89,12 @@ REQUESTS = {
     "read": ("GET", "/entities/urn:ngsi-ld:Sensor:outage-known", None),
     "query": ("GET", "/entities?type=Sensor&q=temperature%3E0", None),
     "update": ("PATCH", "/entities/urn:ngsi-ld:Sensor:outage-known/attrs", {"x": 1}),
+    "batch": (
+        "POST",
+        "/entityOperations/create",
+        [sensor("urn:ngsi-ld:Sensor:outage-b1"), sensor("urn:ngsi-ld:Sensor:outage-b2")],
+    ),
+    "history": ("GET", "/temporal/entities/urn:ngsi-ld:Sensor:outage-known", None),
 }
 
 
