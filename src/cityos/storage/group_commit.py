@@ -56,6 +56,7 @@ class ConnectionSource(Protocol):
         """A connection for the duration of the ``with`` block."""
         ...
 
+
 _MAX_GROUP = 64
 
 _acknowledgements: ContextVar[list[Future[object]] | None] = ContextVar(
