@@ -95,6 +95,17 @@ REQUESTS = {
         [sensor("urn:ngsi-ld:Sensor:outage-b1"), sensor("urn:ngsi-ld:Sensor:outage-b2")],
     ),
     "history": ("GET", "/temporal/entities/urn:ngsi-ld:Sensor:outage-known", None),
+    # Subscriptions and hosted @contexts live in the shared state tables (own pool).
+    "subscribe": (
+        "POST",
+        "/subscriptions",
+        {
+            "type": "Subscription",
+            "entities": [{"type": "Sensor"}],
+            "notification": {"endpoint": {"uri": "http://127.0.0.1:9/n"}},
+        },
+    ),
+    "host context": ("POST", "/jsonldContexts", {"@context": {"x": "urn:x"}}),
 }
 
 
