@@ -91,6 +91,24 @@ def test_an_update_after_a_read_replaces_the_version_another_writer_made_since(
     assert temperatures(storage, "urn:e") == [1.0, 2.0, 3.0]
 
 
+def test_an_update_after_a_read_keeps_what_another_writer_changed_since(
+    storage: PostgresStorage, other_writer: PostgresStorage
+) -> None:
+    # Two processes PATCH different attributes of one entity at once: neither is lost.
+    storage.insert(DEFAULT_TENANT, sensor("urn:e", 1.0))
+    read = storage.get(DEFAULT_TENANT, "urn:e")
+    assert read is not None
+    grown = copy.deepcopy(read)
+    grown["attrs"][HUMIDITY] = [{"type": "Property", "value": 50, "modifiedAt": NOW}]
+    other_writer.update(DEFAULT_TENANT, grown)
+    storage.update(DEFAULT_TENANT, with_temperature(read, 3.0))
+    stored = storage.get(DEFAULT_TENANT, "urn:e")
+    assert stored is not None
+    assert stored["attrs"][HUMIDITY][0]["value"] == 50
+    assert stored["attrs"][TEMP][0]["value"] == 3.0
+    assert temperatures(storage, "urn:e") == [1.0, 3.0]
+
+
 def test_a_delete_after_a_read_records_the_attributes_another_writer_added_since(
     storage: PostgresStorage, other_writer: PostgresStorage
 ) -> None:

@@ -91,6 +91,7 @@ from cityos.storage.base import (
     index_rows,
     instance_time_ms,
     numeric_value,
+    rebase_entity,
 )
 from cityos.storage.group_commit import (
     GroupCommitter,
@@ -582,9 +583,11 @@ class PostgresStorage(PostgresIngestTables):
 
     def update(self, tenant: str, entity: StoredEntity) -> StoredEntity:
         """See :meth:`Storage.update`. When the write is deferred (group commit), the
-        document returned is the one the write started from; should another process
-        change the entity before the write runs, the write replaces that newer version
-        and the change listeners are told so (see ``cityos.broker.changes``)."""
+        document returned is the one the write started from. Should another process
+        change the entity between the broker's read and this write, the write applies
+        its own changes to that newer version (``rebase_entity``: no lost update); the
+        change listeners are told which version was replaced (see
+        ``cityos.broker.changes``) but get ``entity`` as the new state."""
         forget_last_deferred()
         rows = index_rows(entity)
         _refuse_nul([tenant, entity["id"], *rows.types, *(attr for attr, _ in rows.attrs)])
@@ -597,12 +600,15 @@ class PostgresStorage(PostgresIngestTables):
         def write(conn: Connection) -> StoredEntity:
             replaced, (statement, params) = first
             while conn.execute(statement, params).fetchone() is None:
-                # Another writer changed (or deleted) the entity since the read: retry.
+                # Another writer changed (or deleted) the entity since the read: apply
+                # this write's own changes to the newer version and retry, so that the
+                # other writer's change is kept (see ``rebase_entity``).
                 current, xmin = _read_version(conn, tenant, entity["id"])
                 if current is None:
                     raise ResourceNotFound(f"Entity {entity['id']} not found")
+                rebased = rebase_entity(old, entity, current)
                 replaced = current
-                statement, params = self._update_params(tenant, entity, replaced, xmin, now)
+                statement, params = self._update_params(tenant, rebased, replaced, xmin, now)
             return replaced
 
         replaced: StoredEntity = self._write((tenant, entity["id"]), write, deferred=old)
