@@ -46,10 +46,12 @@ from cityos.settings import Settings
 from cityos.storage.base import DEFAULT_TENANT
 from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.postgres import create_database, drop_database
+from cityos.storage.state_stores import open_key_store
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-console = Console()
+# Piped output (a log file) gets a width the tables fit in, instead of 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 def free_port() -> int:
@@ -77,6 +79,8 @@ class Figure:
     errors: int
     target: str
     backend: str = ""
+    load: float = 0.0
+    """The machine's 1-minute load average when the scenario started."""
 
 
 def seed(settings: Settings, count: int) -> None:
@@ -162,6 +166,7 @@ def rss_mb(pid: int) -> float:
 
 def wrk(url: str, script: str, *, seconds: int, connections: int, name: str, target: str) -> Figure:
     """Run a wrk scenario and keep its figures under ``name``."""
+    load = os.getloadavg()[0]
     data = run_wrk(url, script, seconds=seconds, connections=connections)
     return Figure(
         name,
@@ -169,8 +174,9 @@ def wrk(url: str, script: str, *, seconds: int, connections: int, name: str, tar
         data["p50_ms"],
         data["p95_ms"],
         data["p99_ms"],
-        data["errors"] + data["non2xx"],
+        int(data["errors"] + data["non2xx"]),
         target,
+        load=load,
     )
 
 
@@ -238,7 +244,7 @@ def measure_broker(
 ) -> tuple[list[Figure], float]:
     """Seed the settings' backend, serve it, run every scenario; figures and final RSS (MB)."""
     seed(settings, args.entities)
-    keys = SqliteKeyStore(settings.data_dir / "keys.sqlite3")
+    keys = open_key_store(settings.database, settings.sqlite_path)
     key = keys.create("bench", "operator")[0]
     keys.close()
     command = [sys.executable, "-m", "cityos.cli", "serve", "--port", str(PORTS["server"])]
@@ -268,6 +274,24 @@ def measure_broker(
         return figures, rss_mb(server.pid)
     finally:
         stop(server)
+
+
+def side_by_side(figures: list[Figure], backends: list[str]) -> Table:
+    """req/s (p95 ms) of each scenario per backend, and the ratio of the last backend to
+    the first (PostgreSQL to SQLite), measured in the same run."""
+    table = Table(title="Side by side: req/s (p95 ms)")
+    for column in ("scenario", *backends, f"{backends[-1]} ÷ {backends[0]}"):
+        table.add_column(column)
+    by_key = {(f.name, f.backend): f for f in figures}
+    for name in dict.fromkeys(f.name for f in figures if f.backend):
+        cells = [by_key.get((name, backend)) for backend in backends]
+        first, last = cells[0], cells[-1]
+        table.add_row(
+            name,
+            *(f"{c.req_per_s:,.0f} ({c.p95_ms:.1f})" if c else "" for c in cells),
+            f"{last.req_per_s / first.req_per_s:.2f}" if first and last else "",
+        )
+    return table
 
 
 def main() -> None:
@@ -390,6 +414,7 @@ def main() -> None:
         "p95 ms",
         "p99 ms",
         "errors",
+        "load",
         "target",
     ):
         table.add_column(column)
@@ -405,9 +430,12 @@ def main() -> None:
             f"{figure.p95_ms:.1f}",
             f"{figure.p99_ms:.1f}",
             str(figure.errors),
+            f"{figure.load:.1f}",
             figure.target,
         )
     console.print(table)
+    if len(backends) > 1:
+        console.print(side_by_side(figures, [b for b, _ in backends]))
     for name, value in extra.items():
         console.print(f"{name}: {value:,.0f} MB")
     stamp = time.strftime("%Y%m%d-%H%M%S")

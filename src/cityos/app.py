@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -20,6 +21,7 @@ from cityos import __version__
 from cityos.api import events
 from cityos.api import ingest as ingest_routes
 from cityos.api.auth import ApiKeyMiddleware
+from cityos.api.commits import AcknowledgeAfterCommit
 from cityos.api.ngsild import batch, contexts, discovery, entities, subscriptions, temporal
 from cityos.api.ngsild.common import TrailingSlashMiddleware
 from cityos.api.problems import (
@@ -30,8 +32,9 @@ from cityos.api.problems import (
 from cityos.broker.changes import ObservedStorage
 from cityos.broker.context import ContextResolver, core_context_body
 from cityos.broker.context_store import PersistentContextStore
+from cityos.broker.event_relay import EventRelay
 from cityos.broker.event_stream import EventHub
-from cityos.broker.notifier import Notifier
+from cityos.broker.notifier import DeliveryPolicy, Notifier
 from cityos.broker.service import ContextBroker
 from cityos.broker.subscription_service import SubscriptionService
 from cityos.broker.subscriptions import SubscriptionRegistry
@@ -43,12 +46,11 @@ from cityos.ingest.runtime import IngestRuntime
 from cityos.settings import Settings
 from cityos.storage import postgres, sqlite
 from cityos.storage.base import TemporalStorage
-from cityos.storage.documents import SqliteDocumentTable
 from cityos.storage.ingest_tables import IngestTables
-from cityos.storage.keys import SqliteKeyStore
 from cityos.storage.postgres import PostgresStorage, is_postgres_url
+from cityos.storage.postgres_pool import DatabaseUnavailable
 from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.subscriptions import SqliteSubscriptionStore
+from cityos.storage.state_stores import open_state_stores
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,17 @@ async def run_retention(
         await asyncio.sleep(interval_s)
 
 
+async def run_every(job: Callable[[], None], interval_s: float) -> None:
+    """Run ``job`` every ``interval_s`` until cancelled, on the event-loop thread (it
+    changes state that requests read, so it must be short)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            job()
+        except Exception:
+            log.exception("Periodic %s failed", getattr(job, "__qualname__", job))
+
+
 async def _start_ingestion(
     app: FastAPI,
     settings: Settings,
@@ -180,18 +193,29 @@ def create_app(
     """Build the application. ``storage`` overrides the backend named by the settings."""
     settings = settings or Settings()
     store = storage or open_storage(settings)
-    keys = SqliteKeyStore(settings.sqlite_path.with_name("keys.sqlite3"))
-    contexts_table = SqliteDocumentTable(settings.sqlite_path, "jsonld_contexts")
-    resolver = ContextResolver(
-        settings, store=PersistentContextStore(core_context_body(), contexts_table)
+    state = open_state_stores(
+        settings.database, settings.sqlite_path, lease_s=settings.notification_lease_s
     )
+    keys = state.keys
+    context_store = PersistentContextStore(core_context_body(), state.contexts, shared=state.shared)
+    resolver = ContextResolver(settings, store=context_store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         core = await resolver.resolve(None)
         await subscription_service.load(resolver.resolve)
         await notifier.start()
+        shared_tasks = []
+        if state.shared:
+            shared_tasks = [
+                asyncio.create_task(
+                    subscription_service.follow(resolver.resolve, settings.state_resync_s)
+                ),
+                asyncio.create_task(run_every(context_store.reload, settings.state_resync_s)),
+            ]
         event_hub.bind(asyncio.get_running_loop())
+        if event_relay is not None:
+            await event_relay.start()
         app.state.public_type_iris = frozenset(core.expand(t) for t in settings.public_types)
         retention_task = None
         if settings.retention:
@@ -208,16 +232,18 @@ def create_app(
         yield
         if ingest is not None:
             await ingest.stop()
-        if retention_task is not None:
-            retention_task.cancel()
+        for task in [*shared_tasks, *([retention_task] if retention_task else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await retention_task
+                await task
         await notifier.stop()
+        if event_relay is not None:
+            await event_relay.stop()
+        if read_executor is not None:
+            read_executor.shutdown()
         event_hub.close()
-        subscription_store.close()
         store.close()
-        keys.close()
-        contexts_table.close()
+        state.close()
 
     app = FastAPI(
         redirect_slashes=False,
@@ -227,18 +253,28 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Queries on PostgreSQL run on worker threads (see api.ngsild.common.run_read); they
+    # take 3 of the storage's pool connections (see PostgresStorage).
+    read_executor = (
+        ThreadPoolExecutor(max_workers=3, thread_name_prefix="cityos-read")
+        if isinstance(store, PostgresStorage)
+        else None
+    )
+    app.state.read_executor = read_executor
     observed = ObservedStorage(store)
     app.state.storage = observed
     app.state.broker = ContextBroker(observed, max_limit=settings.max_page_limit)
     app.state.temporal = TemporalBroker(
         app.state.broker, store, instance_limit=settings.temporal_instance_limit
     )
-    subscription_store = SqliteSubscriptionStore(
-        settings.sqlite_path.with_name("subscriptions.sqlite3")
-    )
     registry = SubscriptionRegistry()
-    notifier = Notifier(subscription_store, registry, app.state.broker)
-    subscription_service = SubscriptionService(subscription_store, registry, notifier)
+    notifier = Notifier(
+        state.subscriptions,
+        registry,
+        app.state.broker,
+        DeliveryPolicy(coordination_interval_s=settings.notification_lease_s / 4),
+    )
+    subscription_service = SubscriptionService(state.subscriptions, registry, notifier)
     observed.add_listener(notifier.on_changes)
     event_hub = EventHub(
         buffer_size=settings.events_buffer_size,
@@ -246,8 +282,17 @@ def create_app(
         queue_limit=settings.events_queue_limit,
         max_streams=settings.events_max_streams,
     )
-    observed.add_listener(event_hub.on_changes)
+    # Several processes share a PostgreSQL database: its NOTIFY carries every change to
+    # every process's streams. Otherwise the hub hears this process's changes directly.
+    event_relay = None
+    if is_postgres_url(settings.database) and isinstance(store, PostgresStorage):
+        assert settings.database is not None
+        event_relay = EventRelay(event_hub, settings.database, fetch=store.get)
+        observed.add_listener(event_relay.on_changes)
+    else:
+        observed.add_listener(event_hub.on_changes)
     app.state.events = event_hub
+    app.state.event_relay = event_relay
     app.state.subscriptions = subscription_service
     app.state.context_resolver = resolver
     app.state.context_store = resolver.store
@@ -260,14 +305,33 @@ def create_app(
 
     @app.get("/health", tags=["operations"])
     async def health() -> JSONResponse:
-        """200 ``{"status": "ok"}`` once the server is ready."""
-        return JSONResponse({"status": "ok"})
+        """200 ``{"status": "ok", "database": "ok"}`` once the server is ready and its
+        database answers; 503 with ``"database": "unavailable"`` while it does not, so
+        that a load balancer takes this process out of rotation."""
+        if isinstance(store, PostgresStorage) and not await asyncio.to_thread(
+            store.database_reachable
+        ):
+            return JSONResponse(
+                {"status": "unavailable", "database": "unavailable"},
+                status_code=503,
+                headers={"Retry-After": str(DatabaseUnavailable.retry_after_s)},
+            )
+        return JSONResponse({"status": "ok", "database": "ok"})
 
     for module in (entities, batch, discovery, contexts, subscriptions, temporal):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX, tags=["NGSI-LD"])
     app.include_router(events.router, tags=["events"])
     app.include_router(ingest_routes.router)
+    if isinstance(store, PostgresStorage):
+        # Writes commit in groups; each response waits for its own (api.commits).
+        app.add_middleware(AcknowledgeAfterCommit)
     if settings.auth == "on":
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(TrailingSlashMiddleware, prefix=NGSI_LD_PREFIX)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The application with settings from the environment: the factory that
+    ``cityos serve --workers N`` hands to each uvicorn worker process."""
+    return create_app(Settings())

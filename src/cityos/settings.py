@@ -20,6 +20,14 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "API processes serving the one port (`cityos serve --workers N`). Meant for "
+            "PostgreSQL; SQLite serialises their writes and cannot share /events between them."
+        ),
+    )
     data_dir: Path = Path("data")
     database: str | None = Field(
         default=None,
@@ -90,6 +98,22 @@ class Settings(BaseSettings):
     )
     events_max_streams: int = Field(
         default=1000, description="Concurrent event streams per process; more get 503."
+    )
+    notification_lease_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "PostgreSQL: how long a process's undelivered notifications stay its own "
+            "without a renewal; after that (the process died) another process delivers them."
+        ),
+    )
+    state_resync_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "PostgreSQL: how often a process compares its subscriptions and @contexts with "
+            "the database (changes of other processes normally arrive at once)."
+        ),
     )
 
     mqtt_url: str | None = Field(

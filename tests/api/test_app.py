@@ -9,7 +9,7 @@ from tests.conftest import RunningServer
 
 def test_health_reports_ok(server: RunningServer) -> None:
     response = httpx.get(server.base_url + "/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, {"status": "ok", "database": "ok"})
 
 
 def test_openapi_docs_are_served(server: RunningServer) -> None:

@@ -129,7 +129,7 @@ def test_key_reads_private_types(
 def test_health_needs_no_key(secured: tuple[RunningServer, Path]) -> None:
     running, _ = secured
     response = httpx.get(running.base_url + "/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, {"status": "ok", "database": "ok"})
 
 
 def test_cli_keys_create_prints_a_working_key_once(tmp_path: Path) -> None:

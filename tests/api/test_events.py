@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from cityos.settings import Settings
-from cityos.storage.keys import SqliteKeyStore
+from cityos.storage.state_stores import open_key_store
 from tests.conftest import NGSI, RunningServer, start_server
 
 INSIDE = [137.21, 36.70]  # Toyama city centre
@@ -368,10 +368,9 @@ def secured(
     server: RunningServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[RunningServer, str]]:
     data_dir = tmp_path_factory.mktemp("events-auth")
-    running = start_server(
-        settings_like(server, data_dir, auth="on", public_types=["WaterObserved"])
-    )
-    keys = SqliteKeyStore(data_dir / "keys.sqlite3")
+    settings = settings_like(server, data_dir, auth="on", public_types=["WaterObserved"])
+    running = start_server(settings)
+    keys = open_key_store(settings.database, settings.sqlite_path)
     try:
         key = keys.create("toyama-city", "operator")[0]
     finally:

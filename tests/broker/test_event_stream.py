@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 from cityos.broker.changes import EntityChange
-from cityos.broker.event_stream import EventHub, StreamFilter
+from cityos.broker.event_stream import EventHub, RelayedChange, StreamFilter, StreamReset
 from cityos.broker.model import StoredEntity
 
 LOCATION = "https://uri.etsi.org/ngsi-ld/location"
@@ -74,3 +75,42 @@ def test_box_transitions(
     hub.publish([EntityChange("", "urn:ngsi-ld:Gauge:1", gauge(*before), gauge(*after))])
     queued = asyncio.run(stream.next_batch(0))
     assert [name for name, _ in queued] == ([expected] if expected else [])
+
+
+def relayed(n: int) -> RelayedChange:
+    after = orjson.dumps(created(n).after)
+    return RelayedChange(
+        f"ab12.{n}", "", f"urn:ngsi-ld:Gauge:{n}", None, after, "2026-11-24T10:00:00Z"
+    )
+
+
+@pytest.mark.parametrize(
+    ("buffer_size", "last"), [(10, 1), (2, 1)], ids=["buffered", "just-evicted"]
+)
+def test_relayed_ids_replay_what_came_after_them(buffer_size: int, last: int) -> None:
+    hub = EventHub(buffer_size=buffer_size)
+    for n in (1, 2, 3):
+        hub.publish_relayed(relayed(n))
+    start = hub.open_stream(StreamFilter(tenant=""), f"ab12.{last}").start
+    assert start.reset_reason is None
+    assert [event.event_id for _, event in start.replay] == ["ab12.2", "ab12.3"]
+    assert start.head_id == "ab12.3"
+
+
+def test_discontinuity_sends_open_streams_a_reset() -> None:
+    hub = EventHub()
+    stream = hub.open_stream(StreamFilter(tenant=""), None)
+    hub.discontinuity("lost the database")
+    assert asyncio.run(stream.next_batch(0)) == [StreamReset("lost the database")]
+
+
+@pytest.mark.parametrize("given", ["event", "position"])
+def test_ids_from_before_a_discontinuity_get_a_reset(given: str) -> None:
+    hub = EventHub()
+    hub.publish_relayed(relayed(1))
+    hub.discontinuity("lost the database")
+    position = hub.head_id()  # nothing is buffered now: a position of this process
+    hub.discontinuity("lost it again")
+    hub.publish_relayed(relayed(2))
+    last = "ab12.1" if given == "event" else position
+    assert hub.open_stream(StreamFilter(tenant=""), last).start.reset_reason is not None

@@ -125,6 +125,13 @@ def test_ttn_v2_decoder_function_is_supported() -> None:
     assert codec.decode_uplink(b"\x2a", 9, RECV_TIME).data == {"port": 9, "first": 42}
 
 
+def test_codec_may_log_to_the_console() -> None:
+    codec = JavaScriptCodec(
+        "function decodeUplink(i) { console.log('decoding', i.fPort); return {data: {}}; }"
+    )
+    assert codec.decode_uplink(b"", 1, RECV_TIME).data == {}
+
+
 def test_all_byte_values_reach_the_codec_unchanged() -> None:
     codec = JavaScriptCodec("function decodeUplink(i) { return {data: {bytes: i.bytes}}; }")
     payload = bytes(range(256))

@@ -124,7 +124,9 @@ def test_sqlite_file_of_the_inline_schema_1_gains_numeric_values(tmp_path: Path)
     # The history tables as cityos created them before migrations: version 1, history
     # included, no value_num.
     path = tmp_path / "old.sqlite3"
-    SqliteStorage(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    sqlite.upgrade_schema(db, target=2)
+    db.close()
     db = sqlite3.connect(path)
     db.executescript(
         "DROP TABLE temporal; CREATE TABLE temporal (tpk INTEGER NOT NULL, aid INTEGER NOT NULL,"

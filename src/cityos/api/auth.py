@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.api.problems import problem_response
 from cityos.core.errors import Forbidden, Unauthorized
-from cityos.storage.keys import ANONYMOUS, Principal, SqliteKeyStore
+from cityos.storage.keys import ANONYMOUS, KeyStore, Principal
 
 # The ingestion endpoints authenticate with their shared secret (see cityos.api.ingest).
 _OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/redoc", "/ingest/chirpstack", "/ingest/ttn")
@@ -36,7 +36,7 @@ def _key_of(scope: Scope) -> str | None:
 class ApiKeyMiddleware:
     """Attach the caller's ``Principal`` to ``scope['state']``; refuse unauthenticated writes."""
 
-    def __init__(self, app: ASGIApp, keys: SqliteKeyStore) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
         self.app = app
         self.keys = keys
 

@@ -6,9 +6,10 @@ options, the ``EventHub`` does the rest, and this module frames what it hands ov
 Wire format of one stream::
 
     retry: 3000                      (reconnection delay hint, first)
-    event: reset                     (only when Last-Event-ID cannot be replayed)
+    event: reset                     (when Last-Event-ID cannot be replayed; also
+                                      mid-stream when events may have been missed)
     event: entityCreated|entityUpdated|entityDeleted|entityLeft
-    id: <boot>-<seq>
+    id: <boot>-<seq> (one process) or <sender>.<n> (several, on PostgreSQL)
     data: <the entity, rendered like GET /entities renders it>
     event: ready                     (after any replay: position of the stream)
     : keep-alive                     (a comment every heartbeat interval when idle)
@@ -42,12 +43,14 @@ from cityos.api.ngsild.params import compile_id_pattern, render_options
 from cityos.api.problems import problem_response
 from cityos.broker.context import CompiledContext, ContextResolver
 from cityos.broker.entities import check_entity_id
+from cityos.broker.event_relay import EventRelay
 from cityos.broker.event_stream import (
     EntityEvent,
     EventHub,
     EventName,
     EventStream,
     StreamFilter,
+    StreamReset,
     TooManyStreams,
 )
 from cityos.broker.query_language import parse_type_selector
@@ -106,6 +109,9 @@ async def stream_events(request: Request) -> Response:
     check_public_read(request, types.type_names() if types is not None else ())
     hub: EventHub = request.app.state.events
     last_event_id = request.headers.get("last-event-id") or params.get("lastEventId")
+    relay: EventRelay | None = request.app.state.event_relay
+    if relay is not None:
+        await relay.settle(last_event_id)
     try:
         stream = hub.open_stream(stream_filter, last_event_id)
     except TooManyStreams as exc:
@@ -215,7 +221,7 @@ async def _frames(
         if start.reset_reason is not None:
             yield frame("reset", None, {"reason": start.reset_reason})
         for name, event in start.replay:
-            yield frame(name, hub.event_id(event.seq), event_data(name, event, ctx, options))
+            yield frame(name, event.event_id, event_data(name, event, ctx, options))
         yield frame(
             "ready", start.head_id, {"lastEventId": start.head_id, "replayed": len(start.replay)}
         )
@@ -223,8 +229,10 @@ async def _frames(
             batch = await stream.next_batch(settings.events_heartbeat_s)
             if batch:
                 yield "".join(
-                    frame(name, hub.event_id(event.seq), event_data(name, event, ctx, options))
-                    for name, event in batch
+                    frame("reset", None, {"reason": item.reason})
+                    if isinstance(item, StreamReset)
+                    else frame(item[0], item[1].event_id, event_data(*item, ctx, options))
+                    for item in batch
                 )
             elif stream.overflowed:
                 # No id: the client keeps its last delivered id and replays from there.

@@ -64,6 +64,8 @@ def problem_response(
     headers = dict(headers or {})
     if error.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, errors.ServiceUnavailable) and error.retry_after_s is not None:
+        headers.setdefault("Retry-After", str(error.retry_after_s))
     return Response(
         dumps(problem_details(error)),
         status_code=error.status,

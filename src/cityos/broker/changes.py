@@ -4,17 +4,26 @@ Subscriptions, the live event stream and domain rules listen here instead of bei
 called from each write operation. Listeners run after the commit (never for a
 rolled-back write), get the entity before and after, and must be quick: they only
 enqueue work. A listener that raises is logged and never fails the write.
+
+A backend may commit a write later, in a group (``cityos.storage.group_commit``): its
+changes are then held back until the commit and told on the event loop; changes are
+always told in the order the writes were made, so a change committed at once waits
+behind an earlier one whose commit is still in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cityos.broker.model import StoredEntity
 from cityos.storage.base import AttributeUsage, EntityScan, Storage
+from cityos.storage.group_commit import take_last_deferred
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,9 @@ class ObservedStorage:
         self.listeners: list[ChangeListener] = []
         self._pending: list[EntityChange] = []
         self._depth = 0
+        # Changes not yet told, in write order, with the commit each waits for (None:
+        # committed already).
+        self._untold: deque[tuple[list[EntityChange], Future[object] | None]] = deque()
 
     def add_listener(self, listener: ChangeListener) -> None:
         """Register a callback for committed changes."""
@@ -73,11 +85,33 @@ class ObservedStorage:
         changes, self._pending = self._pending, []
         if not changes:
             return
-        for listener in self.listeners:
-            try:
-                listener(changes)
-            except Exception:
-                log.exception("Change listener %r failed", listener)
+        # Outside a transaction a change is one write, which may have been deferred.
+        commit = take_last_deferred() if self._depth == 0 else None
+        self._untold.append((changes, commit))
+        if commit is None:
+            self._tell_committed()
+            return
+        loop = asyncio.get_running_loop()
+        commit.add_done_callback(lambda _: loop.call_soon_threadsafe(self._tell_committed))
+
+    def _tell_committed(self) -> None:
+        """Tell the listeners the changes at the head of the queue whose commit is done;
+        a failed commit's changes are dropped."""
+        while self._untold:
+            changes, commit = self._untold[0]
+            if commit is not None:
+                if not commit.done():
+                    return
+                if commit.cancelled() or commit.exception() is not None:
+                    self._untold.popleft()
+                    continue
+                changes = _with_replaced(changes, commit.result())
+            self._untold.popleft()
+            for listener in self.listeners:
+                try:
+                    listener(changes)
+                except Exception:
+                    log.exception("Change listener %r failed", listener)
 
     def insert(self, tenant: str, entity: StoredEntity) -> None:
         self.inner.insert(tenant, entity)
@@ -132,3 +166,11 @@ class ObservedStorage:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _with_replaced(changes: list[EntityChange], replaced: object) -> list[EntityChange]:
+    """The changes of a deferred update, with ``before`` the document its commit actually
+    replaced (another process may have written the entity in between)."""
+    if isinstance(replaced, dict) and len(changes) == 1 and changes[0].before is not None:
+        return [replace(changes[0], before=replaced)]
+    return changes

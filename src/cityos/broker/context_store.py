@@ -201,11 +201,17 @@ class PersistentContextStore(InMemoryContextStore):
     Hosted, implicitly created and cached contexts survive a restart, so URLs the broker
     handed out keep working and cached remote contexts stay available offline. Reads stay
     dict lookups; hit counters are kept in memory only (they change on every request).
+
+    With a ``shared`` table (several processes on one PostgreSQL), a context another
+    process created is found by looking its local id up in the table when the memory
+    copy misses it, and :meth:`reload` (run periodically) brings deletions and changes
+    of the other processes in.
     """
 
-    def __init__(self, core_body: Any, table: DocumentTable) -> None:
+    def __init__(self, core_body: Any, table: DocumentTable, *, shared: bool = False) -> None:
         """Load every stored context from ``table`` after the core context."""
         self._table: DocumentTable | None = None
+        self._shared = shared
         super().__init__(core_body)
         for document in table.load_all():
             super().add(StoredContext(**document))
@@ -220,6 +226,52 @@ class PersistentContextStore(InMemoryContextStore):
     def remove(self, local_id: str) -> StoredContext | None:
         """Remove ``local_id`` from memory and from the table."""
         entry = super().remove(local_id)
+        if self._shared and entry is None:
+            entry = self._load(local_id)
         if entry is not None and self._table is not None:
             self._table.delete(local_id)
+        return entry
+
+    def get(self, key: str) -> StoredContext | None:
+        """As :meth:`InMemoryContextStore.get`, then (shared tables) the table by local id."""
+        entry = super().get(key)
+        if entry is None and self._shared:
+            entry = self._load(key)
+        return entry
+
+    def get_by_url(self, url: str) -> StoredContext | None:
+        """As :meth:`InMemoryContextStore.get_by_url`, then (shared tables) a hosted path's
+        local id in the table."""
+        entry = super().get_by_url(url)
+        if entry is None and self._shared:
+            match = _HOSTED_URL_RE.search(url)
+            if match is not None:
+                found = self._load(unquote(match.group(1)))
+                if found is not None and found.kind != "Cached":
+                    entry = found
+        return entry
+
+    def reload(self) -> None:
+        """Make the memory copy equal to the table (keeping this process's hit counts)."""
+        if self._table is None:
+            return
+        stored = {doc["local_id"]: StoredContext(**doc) for doc in self._table.load_all()}
+        for entry in self.entries():
+            if entry.local_id != CORE_CONTEXT_ID and entry.local_id not in stored:
+                super().remove(entry.local_id)
+        for local_id, entry in stored.items():
+            known = self._by_id.get(local_id)
+            if known is not None:
+                entry.number_of_hits, entry.last_usage = known.number_of_hits, known.last_usage
+            super().add(entry)
+
+    def _load(self, local_id: str) -> StoredContext | None:
+        """The table's entry ``local_id``, kept in memory from now on; ``None`` if absent."""
+        if self._table is None or local_id == CORE_CONTEXT_ID:
+            return None
+        document = self._table.get(local_id)
+        if document is None:
+            return None
+        entry = StoredContext(**document)
+        super().add(entry)
         return entry

@@ -18,6 +18,11 @@ endpoint is unreachable, not wrong); any other answer up to ``max_attempts``. Th
 queue of an endpoint is bounded: past ``queue_limit`` waiting notifications the
 oldest waiting one is dropped (logged and deleted from the outbox), so a dead
 endpoint cannot fill memory or disk; an endpoint that keeps up never loses one.
+
+With a shared store (several processes on one PostgreSQL) each process notifies the
+writes it made itself, renews its lease on its outbox rows, takes over the rows of
+processes that died, sends periodic notifications only while it leads, and asks the
+store before a throttled notification (see ``storage.postgres_subscriptions``).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from cityos.broker.subscriptions import (
 from cityos.core.errors import CityosError
 from cityos.core.http1 import Http1Connection
 from cityos.core.timeutil import format_datetime, now_utc
-from cityos.storage.subscriptions import SqliteSubscriptionStore
+from cityos.storage.subscriptions import DeliveryReport, OutboxRow, SubscriptionStore
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,9 @@ class DeliveryPolicy:
     """How often deliveries are written back (outbox deletions, delivery status)."""
     dispatch_slice: int = 64
     """Commits matched and persisted per outbox transaction before yielding to senders."""
+    coordination_interval_s: float = 2.5
+    """Shared stores: how often the lease is renewed, dead processes' rows taken over
+    and the leadership of periodic notifications checked (well under the lease)."""
 
 
 def notification_body(sub: Subscription, data: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,7 +140,7 @@ class Notifier:
 
     def __init__(
         self,
-        store: SqliteSubscriptionStore,
+        store: SubscriptionStore,
         registry: SubscriptionRegistry,
         broker: ContextBroker,
         policy: DeliveryPolicy | None = None,
@@ -146,9 +154,9 @@ class Notifier:
         self._tasks: list[asyncio.Task[None]] = []
         self._endpoints: dict[str, _Endpoint] = {}
         self._periodic: dict[_Key, asyncio.Task[None]] = {}
-        self._next_seq = 0
         self._settled: list[int] = []
-        self._dirty: dict[_Key, Subscription] = {}
+        self._reports: dict[_Key, DeliveryReport] = {}
+        self._leading = not store.shared
         self._dropped: dict[str, int] = {}
         self.dropped_total = 0
         """Notifications dropped from full queues since start (all endpoints)."""
@@ -158,19 +166,58 @@ class Notifier:
     async def start(self) -> None:
         """Start the dispatcher, requeue the persisted outbox, start periodic tasks."""
         self._wake = asyncio.Event()
-        self._next_seq = self.store.last_seq() + 1
-        for seq, tenant, sub_id, payload in self.store.load_outbox():
-            sub = self.registry.get(tenant, sub_id)
-            if sub is None:
-                self._settled.append(seq)
-            else:
-                self._queue(sub, _Queued(seq, (tenant, sub_id), payload))
+        self._take_over(self.store.take_over_outbox())
         self._tasks = [
             asyncio.create_task(self._dispatch_loop(), name="notifier-dispatch"),
             asyncio.create_task(self._settle_loop(), name="notifier-settle"),
         ]
+        if self.store.shared:
+            self._leading = self.store.lead_periodic()
+            self._tasks.append(
+                asyncio.create_task(self._coordinate_loop(), name="notifier-coordinate")
+            )
         for sub in self.registry.all():
             self.watch(sub)
+
+    def _take_over(self, rows: list[OutboxRow]) -> None:
+        """Queue outbox rows this process now owns (those of unknown subscriptions go)."""
+        for row in rows:
+            sub = self.registry.get(row.tenant, row.subscription_id)
+            if sub is None:
+                self._settled.append(row.seq)
+            else:
+                self._queue(sub, _Queued(row.seq, (row.tenant, row.subscription_id), row.payload))
+
+    async def _coordinate_loop(self) -> None:
+        """Shared stores: keep the lease, take over orphaned rows, follow the leadership.
+
+        The store calls run on a worker thread: a slow database must not stall the
+        event loop (deliveries and requests) for their duration."""
+        while True:
+            await asyncio.sleep(self.policy.coordination_interval_s)
+            try:
+                if not await asyncio.to_thread(self.store.renew_lease):
+                    log.warning("The notifier's lease had run out; dropping rows taken over")
+                    await self._drop_lost_rows()
+                self._take_over(await asyncio.to_thread(self.store.take_over_outbox))
+                self._leading = await asyncio.to_thread(self.store.lead_periodic)
+            except Exception:
+                log.exception("Coordinating notification delivery with other processes failed")
+
+    async def _drop_lost_rows(self) -> None:
+        """Remove from the queues the rows another process took over from this one."""
+        waiting = [
+            item.seq
+            for endpoint in self._endpoints.values()
+            for queue in endpoint.queues
+            for item in queue
+        ]
+        owned = await asyncio.to_thread(self.store.owned, waiting)
+        for endpoint in self._endpoints.values():
+            for queue in endpoint.queues:
+                kept = [item for item in queue if item.seq in owned]
+                queue.clear()
+                queue.extend(kept)
 
     async def stop(self) -> None:
         """Cancel every task and save what was delivered; the rest stays in the outbox."""
@@ -188,6 +235,11 @@ class Notifier:
         for endpoint in self._endpoints.values():
             await endpoint.close()
         self._endpoints.clear()
+        try:
+            # Another process may deliver what is left at once, not after the lease.
+            self.store.release()
+        except Exception:
+            log.exception("Releasing the outbox lease failed; it runs out by itself")
 
     def watch(self, sub: Subscription) -> None:
         """(Re)start the periodic task of a subscription after it was created or changed."""
@@ -209,7 +261,11 @@ class Notifier:
         task = self._periodic.pop((tenant, sub_id), None)
         if task is not None:
             task.cancel()
-        self._dirty.pop((tenant, sub_id), None)
+        self._reports.pop((tenant, sub_id), None)
+
+    def pending_report(self, tenant: str, sub_id: str) -> DeliveryReport | None:
+        """Delivery attempts made for the subscription and not yet written to the store."""
+        return self._reports.get((tenant, sub_id))
 
     def settle(self) -> None:
         """Write the pending outbox deletions and delivery statuses (one transaction)."""
@@ -220,19 +276,23 @@ class Notifier:
             self.dropped_total += count
         self._dropped.clear()
         seqs, self._settled = self._settled, []
-        dirty, self._dirty = self._dirty, {}
-        records = [
-            (sub.tenant, sub.id, sub.to_record())
-            for key, sub in dirty.items()
-            if self.registry.get(*key) is sub
-        ]
+        reports, self._reports = self._reports, {}
+        current = []
+        for key, report in reports.items():
+            sub = self.registry.get(*key)
+            if sub is None:
+                continue
+            if not self.store.shared:
+                report.record = sub.to_record()
+            current.append(report)
         try:
-            self.store.settle(seqs, records)
+            self.store.settle(seqs, current)
         except Exception:
             log.exception("Saving notification outcomes failed; retrying later")
             self._settled.extend(seqs)
-            for key, sub in dirty.items():
-                self._dirty.setdefault(key, sub)
+            for key, report in reports.items():
+                newer = self._reports.get(key)
+                self._reports[key] = report if newer is None else _combine(report, newer)
 
     async def _settle_loop(self) -> None:
         while True:
@@ -312,8 +372,8 @@ class Notifier:
 
     def _enqueue(self, matched: list[dict[_Key, list[list[dict[str, Any]]]]]) -> None:
         """Persist the notifications in one transaction, then queue them for delivery."""
-        rows: list[tuple[int, str, str, bytes]] = []
-        queued: list[tuple[Subscription, _Queued]] = []
+        pending: list[tuple[Subscription, _Key, list[dict[str, Any]]]] = []
+        throttled: dict[_Key, tuple[Subscription, float | None, float]] = {}
         mono = time.monotonic()
         for per_sub in matched:
             for key, groups in per_sub.items():
@@ -324,22 +384,32 @@ class Notifier:
                 for data in groups:
                     if not data:
                         continue
-                    if (
-                        throttling is not None
-                        and sub.last_notified is not None
-                        and mono - sub.last_notified < throttling
-                    ):
-                        continue
-                    sub.last_notified = mono
-                    item = _Queued(self._next_seq, key, orjson.dumps(notification_body(sub, data)))
-                    self._next_seq += 1
-                    rows.append((item.seq, key[0], key[1], item.payload))
-                    queued.append((sub, item))
-        if not rows:
+                    if throttling is not None:
+                        if sub.last_notified is not None and mono - sub.last_notified < throttling:
+                            continue
+                        throttled.setdefault(key, (sub, sub.last_notified, throttling))
+                        sub.last_notified = mono
+                    pending.append((sub, key, data))
+        if throttled and self.store.shared:
+            allowed = self.store.claim_throttle(
+                [(*key, period) for key, (_, _, period) in throttled.items()]
+            )
+            for key, (sub, before, _) in throttled.items():
+                if key not in allowed:
+                    # Another process notified within the period; its time is not ours.
+                    sub.last_notified = before
+            pending = [p for p in pending if p[1] not in throttled or p[1] in allowed]
+        if not pending:
             return
-        self.store.enqueue(rows)
-        for sub, item in queued:
-            self._queue(sub, item)
+        payloads = [orjson.dumps(notification_body(sub, data)) for sub, _, data in pending]
+        seqs = self.store.enqueue(
+            [
+                (key[0], key[1], payload)
+                for (_, key, _), payload in zip(pending, payloads, strict=True)
+            ]
+        )
+        for (sub, key, _), seq, payload in zip(pending, seqs, payloads, strict=True):
+            self._queue(sub, _Queued(seq, key, payload))
 
     def _queue(self, sub: Subscription, item: _Queued) -> None:
         """Put a persisted notification on its endpoint's lane, dropping the oldest
@@ -378,6 +448,8 @@ class Notifier:
             sub = self.registry.get(*key)
             if sub is None:
                 return
+            if not self._leading:
+                continue
             try:
                 self._notify_periodically(sub)
             except Exception:
@@ -478,7 +550,11 @@ class Notifier:
             delivery.times_failed += 1
             delivery.last_failure = sent_at
             delivery.status = "failed"
-        self._dirty[(sub.tenant, sub.id)] = sub
+        key = (sub.tenant, sub.id)
+        report = self._reports.get(key)
+        if report is None:
+            report = self._reports[key] = DeliveryReport(sub.tenant, sub.id)
+        report.add_attempt(sent_at, ok=failure is None)
         return failure
 
     def _headers(self, sub: Subscription) -> dict[str, str]:
@@ -521,6 +597,21 @@ class Notifier:
         version = info.get("MQTT-Version", "mqtt3.1.1")
         timeout_s = endpoint.timeout_s or self.policy.timeout_s
         await asyncio.to_thread(publish_mqtt, endpoint.uri, message, qos, version, timeout_s)
+
+
+def _combine(older: DeliveryReport, newer: DeliveryReport) -> DeliveryReport:
+    """One report of two consecutive ones of the same subscription (a settle that failed
+    and the attempts made since)."""
+    return DeliveryReport(
+        newer.tenant,
+        newer.subscription_id,
+        sent=older.sent + newer.sent,
+        failed=older.failed + newer.failed,
+        last_notification=newer.last_notification or older.last_notification,
+        last_success=newer.last_success or older.last_success,
+        last_failure=newer.last_failure or older.last_failure,
+        status=newer.status or older.status,
+    )
 
 
 def publish_mqtt(uri: str, message: bytes, qos: int, version: str, timeout_s: float) -> None:

@@ -118,3 +118,5 @@ class ServiceUnavailable(CityosError):
 
     status = 503
     title = "Service unavailable"
+    retry_after_s: int | None = None
+    """Sent as ``Retry-After`` when set: how long a client should wait before retrying."""

@@ -221,8 +221,10 @@ class DeviceRegistry:
 
     # -- gateways ---------------------------------------------------------------------
 
-    def note_gateways(self, receptions: Iterable[GatewayReception], observed_at: str) -> None:
-        """Remember that these gateways heard an uplink at ``observed_at`` (memory only)."""
+    def note_gateways(self, receptions: Iterable[GatewayReception], time: str) -> None:
+        """Remember that these gateways heard an uplink at ``time`` (ISO 8601; memory
+        only: :meth:`flush_gateways` persists)."""
+        observed_at = time
         for reception in receptions:
             state = self._gateways.get(reception.gateway_id)
             if state is None:

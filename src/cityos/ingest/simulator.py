@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
@@ -202,6 +202,18 @@ def gateway_sites(count: int = GATEWAY_SITES, *, seed: int = 11) -> list[Gateway
     return sites
 
 
+class _Transmission(NamedTuple):
+    """What both network formats say about one uplink, worked out once (a tuple: one is
+    built per simulated uplink, and a frozen dataclass costs five times more)."""
+
+    data_b64: str
+    time_iso: str
+    heard: list[tuple[Gateway, float]]  # (gateway, distance km), nearest first
+    spreading_factor: int
+    frequency_hz: int
+    f_port: int
+
+
 class TrafficBuilder:
     """Builds (address, body) of each simulated uplink, device after device."""
 
@@ -234,10 +246,18 @@ class TrafficBuilder:
         payload = self._payload(device, now_s)
         time_iso = format_ms(int(now_s * 1000))
         heard = self._hearing[device.dev_eui][: self._rng.randint(1, 3)]
+        # The nearest gateway's distance sets the data rate, as ADR would: SF7..SF10.
+        spreading_factor = 7 + min(3, int(heard[0][1] / 2.5))
+        frequency_hz = FREQUENCIES_HZ[device.f_cnt % len(FREQUENCIES_HZ)]
+        data_b64 = base64.b64encode(payload).decode()
+        # Positional: keyword construction of a NamedTuple costs four times more.
+        transmission = _Transmission(
+            data_b64, time_iso, heard, spreading_factor, frequency_hz, F_PORTS[device.kind]
+        )
         if self.network == "chirpstack":
-            message = self._chirpstack(device, payload, time_iso, heard)
+            message = self._chirpstack(device, transmission)
         else:
-            message = self._ttn(device, payload, time_iso, heard)
+            message = self._ttn(device, transmission)
         device.f_cnt += 1
         return message
 
@@ -273,14 +293,7 @@ class TrafficBuilder:
             return demo.encode_gps_tracker(lat, lon, rng.random() < 0.001, battery)
         return demo.encode_temperature_humidity(rng.uniform(-2, 30), rng.uniform(30, 95), battery)
 
-    def _chirpstack(
-        self,
-        device: SimulatedDevice,
-        payload: bytes,
-        time_iso: str,
-        heard: list[tuple[Gateway, float]],
-    ) -> tuple[str, bytes]:
-        sf = 7 + min(3, int(heard[0][1] / 2.5))
+    def _chirpstack(self, device: SimulatedDevice, sent: _Transmission) -> tuple[str, bytes]:
         rx_info = [
             {
                 "gatewayId": gateway.gateway_id,
@@ -290,11 +303,11 @@ class TrafficBuilder:
                 "location": {"latitude": gateway.latitude, "longitude": gateway.longitude},
                 "metadata": {"region_config_id": "as923", "region_common_name": "AS923"},
             }
-            for gateway, distance_km in heard
+            for gateway, distance_km in sent.heard
         ]
         body: dict[str, Any] = {  # Any: event JSON
             "deduplicationId": str(uuid.uuid4()),
-            "time": time_iso,
+            "time": sent.time_iso,
             "deviceInfo": {
                 "tenantId": TENANT_ID,
                 "tenantName": "Toyama City",
@@ -306,14 +319,18 @@ class TrafficBuilder:
             },
             "devAddr": device.dev_eui[-8:],
             "adr": True,
-            "dr": 12 - sf,
-            "fPort": F_PORTS[device.kind],
-            "data": base64.b64encode(payload).decode(),
+            "dr": 12 - sent.spreading_factor,
+            "fPort": sent.f_port,
+            "data": sent.data_b64,
             "rxInfo": rx_info,
             "txInfo": {
-                "frequency": FREQUENCIES_HZ[device.f_cnt % len(FREQUENCIES_HZ)],
+                "frequency": sent.frequency_hz,
                 "modulation": {
-                    "lora": {"bandwidth": 125000, "spreadingFactor": sf, "codeRate": "CR_4_5"}
+                    "lora": {
+                        "bandwidth": 125000,
+                        "spreadingFactor": sent.spreading_factor,
+                        "codeRate": "CR_4_5",
+                    }
                 },
             },
         }
@@ -322,18 +339,12 @@ class TrafficBuilder:
         topic = f"application/{APPLICATION_ID}/device/{device.dev_eui}/event/up"
         return topic, orjson.dumps(body)
 
-    def _ttn(
-        self,
-        device: SimulatedDevice,
-        payload: bytes,
-        time_iso: str,
-        heard: list[tuple[Gateway, float]],
-    ) -> tuple[str, bytes]:
-        sf = 7 + min(3, int(heard[0][1] / 2.5))
+    def _ttn(self, device: SimulatedDevice, sent: _Transmission) -> tuple[str, bytes]:
+        time_iso = sent.time_iso
         device_id = f"eui-{device.dev_eui}"
         uplink: dict[str, Any] = {  # Any: message JSON
-            "f_port": F_PORTS[device.kind],
-            "frm_payload": base64.b64encode(payload).decode(),
+            "f_port": sent.f_port,
+            "frm_payload": sent.data_b64,
             "rx_metadata": [
                 {
                     "gateway_ids": {
@@ -350,13 +361,17 @@ class TrafficBuilder:
                         "source": "SOURCE_REGISTRY",
                     },
                 }
-                for gateway, distance_km in heard
+                for gateway, distance_km in sent.heard
             ],
             "settings": {
                 "data_rate": {
-                    "lora": {"bandwidth": 125000, "spreading_factor": sf, "coding_rate": "4/5"}
+                    "lora": {
+                        "bandwidth": 125000,
+                        "spreading_factor": sent.spreading_factor,
+                        "coding_rate": "4/5",
+                    }
                 },
-                "frequency": str(FREQUENCIES_HZ[device.f_cnt % len(FREQUENCIES_HZ)]),
+                "frequency": str(sent.frequency_hz),
             },
             "received_at": time_iso,
         }

@@ -241,6 +241,38 @@ def _scope_change(
     return [(SCOPE_IRI, {"type": "Property", "value": [], "deletedAt": now})]
 
 
+def rebase_entity(base: StoredEntity, mine: StoredEntity, current: StoredEntity) -> StoredEntity:
+    """``mine`` (an edit of ``base``) re-applied on ``current`` (what another writer made of
+    ``base`` meanwhile), attribute by attribute.
+
+    A write that finds its entity changed since it was read must not overwrite the other
+    writer's change with the stale rest of its own document (a lost update). Every
+    attribute and top-level member that ``mine`` changed, added or removed relative to
+    ``base`` takes ``mine``'s state; everything else keeps ``current``'s. Two writers
+    that changed the same attribute: the later write wins, as if they had run one after
+    the other.
+    """
+    result = dict(current)
+    for key in base.keys() | mine.keys():
+        if key == "attrs" or base.get(key) == mine.get(key):
+            continue
+        if key in mine:
+            result[key] = mine[key]
+        else:
+            result.pop(key, None)
+    base_attrs, mine_attrs = base.get("attrs", {}), mine.get("attrs", {})
+    attrs = dict(current.get("attrs", {}))
+    for name in base_attrs.keys() | mine_attrs.keys():
+        if base_attrs.get(name) == mine_attrs.get(name):
+            continue
+        if name in mine_attrs:
+            attrs[name] = mine_attrs[name]
+        else:
+            attrs.pop(name, None)
+    result["attrs"] = attrs
+    return result
+
+
 def changed_instances(
     old: StoredEntity | None, new: StoredEntity | None, now: str
 ) -> list[tuple[str, AttributeInstance]]:

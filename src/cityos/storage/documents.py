@@ -1,7 +1,10 @@
 """Small persistent tables of JSON documents by key, for state kept beside the entities.
 
 Used for things that are few and rarely written (hosted @contexts, for example): the
-owner keeps its working copy in memory and writes through to one of these.
+owner keeps its working copy in memory and writes through to one of these. With several
+processes on one PostgreSQL (``postgres_documents``), another process may have written
+a document this one has not loaded: owners look a key up with :meth:`DocumentTable.get`
+when their copy misses it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,20 @@ class DocumentTable(Protocol):
         """Remove the document under ``key`` (no error when absent)."""
         ...
 
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The document under ``key``, or ``None``."""
+        ...
+
     def load_all(self) -> list[dict[str, Any]]:
         """Every document, in insertion order."""
+        ...
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every ``(key, document)``, in insertion order (for ``db copy``)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
         ...
 
 
@@ -58,9 +73,16 @@ class SqliteDocumentTable:
         with self._lock:
             self._db.execute(f"DELETE FROM {self._table} WHERE key = ?", (key,))
 
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self._db.execute(f"SELECT doc FROM {self._table} WHERE key = ?", (key,)).fetchone()
+        return None if row is None else orjson.loads(row[0])
+
     def load_all(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(f"SELECT doc FROM {self._table} ORDER BY seq")
-        return [orjson.loads(doc) for (doc,) in rows]
+        return [document for _, document in self.items()]
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._db.execute(f"SELECT key, doc FROM {self._table} ORDER BY seq")
+        return [(key, orjson.loads(doc)) for key, doc in rows]
 
     def close(self) -> None:
         self._db.close()

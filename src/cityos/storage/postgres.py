@@ -1,16 +1,23 @@
 """The production backend: PostgreSQL 15+ with PostGIS 3, through psycopg 3 and a pool.
 
 Design notes (why, not what):
-- The ``Storage`` protocol is synchronous and called from the event loop, so this uses
-  psycopg's synchronous API. Connections come from a small pool in autocommit mode; a
+- The ``Storage`` protocol is synchronous and called from the event loop (queries also
+  from worker threads, see ``api.ngsild.common.run_read``), so this uses psycopg's
+  synchronous API. Connections come from a small pool in autocommit mode; a
   :meth:`PostgresStorage.transaction` pins one connection to the thread that opened it
   until the outermost block ends.
 - Every write is ONE statement (data-modifying CTEs): the entity row and its index rows
   change together, atomically even outside a transaction, in one round trip. An update
-  works out the index difference inside that statement: all CTEs see the same snapshot,
-  so "delete rows not in the new set" and "insert new rows not already there" touch
-  disjoint rows, and unchanged index rows (the common case: a value changed) are left
-  alone, GiST entries included.
+  knows the document it replaces, so the index difference is worked out in Python and
+  the statement touches only the rows that change (:mod:`cityos.storage.postgres_updates`):
+  a value update (the common case) rewrites the entity row and adds history, nothing
+  else. ``entities`` leaves free room on its pages (fillfactor) so that rewrite is
+  usually a heap-only update that adds no index entries.
+- Round trips per write: the broker reads an entity, changes it and writes it back. The
+  storage remembers the last read of each thread with its row version and a write of
+  the same entity starts from it instead of reading again (see
+  :meth:`PostgresStorage._version_for_write`): a partial update is two round trips, the
+  read and the write, with one commit.
 - An expected failure never raises a database error: a taken id is found with
   ``ON CONFLICT DO NOTHING``, a missing one by an empty ``RETURNING``. A database error
   inside a transaction would abort it, and batch operations carry on after a failed item.
@@ -27,10 +34,10 @@ History (``temporal``, see :class:`cityos.storage.base.TemporalStorage`):
 - Rows go in the same statement as the entity write they record (more CTEs on the same
   ``WITH``), so they commit or vanish with it. An update or delete needs the old document
   to work out the changed instances in Python (:func:`changed_instances`, shared with the
-  other backends); it is read first and the write is conditional on the row version
-  read (``xmin``): if another writer got in between, the write matches nothing and is
-  retried against the new version. Two round trips, atomic without an explicit
-  transaction, and no history row computed against a stale document.
+  other backends); it is the caller's last read or is read first, and the write is
+  conditional on the row version read (``xmin``): if another writer got in between, the
+  write matches nothing and is retried against the new version. Atomic without an
+  explicit transaction, and no history row computed against a stale document.
 - The table is range-partitioned by month of ``time``. Months are created on demand by
   the write path (a process remembers which exist) and, for this month and the next,
   when the storage opens, so a steady stream of live readings never waits for DDL.
@@ -66,7 +73,6 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
 from cityos.broker.model import AttributeInstance, StoredEntity
 from cityos.core.errors import AlreadyExists, BadRequestData, ResourceNotFound
@@ -85,15 +91,31 @@ from cityos.storage.base import (
     index_rows,
     instance_time_ms,
     numeric_value,
+    rebase_entity,
+)
+from cityos.storage.group_commit import (
+    GroupCommitter,
+    WriteJob,
+    deferral_allowed,
+    forget_last_deferred,
+    note_deferred,
 )
 from cityos.storage.ingest_postgres import PostgresIngestTables
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
+from cityos.storage.postgres_pool import ReconnectingPool, connection_options
+from cityos.storage.postgres_updates import (
+    HISTORY_ROWS,
+    INSERT_HISTORY,
+    REPLACED_OBSERVATIONS,
+    index_change,
+    update_shape,
+    update_statement,
+)
 
 Connection = psycopg.Connection[tuple[Any, ...]]  # Any: column values of any SQL type
 
 _FIRST_SCAN_BATCH = 64
 _MAX_SCAN_BATCH = 4096
-_GEO_DOC_BATCH = 256
 _MIGRATION_LOCK = 0x63697479_6F73  # "cityos": one upgrader at a time per database
 _PARTITION_LOCK = 0x63697479  # with the month: one creator of a partition at a time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -232,9 +254,7 @@ _INSERT_CTES = """
 WITH e AS (
     INSERT INTO entities (tenant, id, doc) VALUES (%(tenant)s, %(id)s, %(doc)s)
     ON CONFLICT (tenant, id) DO NOTHING RETURNING pk
-), tn AS (
-    INSERT INTO tenants (name) SELECT %(tenant)s FROM e ON CONFLICT DO NOTHING
-), t AS (
+){tenant}, t AS (
     INSERT INTO entity_types (tenant, type, pk)
     SELECT %(tenant)s, n.type, e.pk FROM e, unnest(%(types)s::text[]) AS n(type)
 ), a AS (
@@ -246,55 +266,6 @@ WITH e AS (
     SELECT e.pk, %(tenant)s, n.attr, n.value::jsonb,
            ST_SetSRID(ST_Force2D(ST_GeomFromGeoJSON(n.value)), 4326)
     FROM e, unnest(%(geo_attrs)s::text[], %(geo_values)s::text[]) AS n(attr, value)
-)
-"""
-
-# Every CTE sees the snapshot from before the statement: the deletes remove only rows
-# absent from the new sets, the inserts add only rows absent from the old ones (types and
-# attributes by their primary key: a NOT EXISTS there made the planner walk every row
-# of the type, as it cannot drive an index lookup from a CTE's pk). ``pk = (SELECT pk
-# FROM e)`` is a scalar subquery on purpose: the pk becomes a parameter, so the by-pk
-# indexes are used even before ANALYZE has run (a join with ``e`` scanned whole tables).
-_UPDATE_CTES = """
-WITH e AS (
-    UPDATE entities SET doc = %(doc)s
-    WHERE tenant = %(tenant)s AND id = %(id)s AND xmin = %(xmin)s::text::xid
-    RETURNING pk
-), new_types AS (
-    SELECT unnest(%(types)s::text[]) AS type
-), new_attrs AS (
-    SELECT * FROM unnest(%(attrs)s::text[], %(kinds)s::text[]) AS n(attr, kind)
-), new_geometries AS (
-    SELECT n.attr, n.value::jsonb AS value
-    FROM unnest(%(geo_attrs)s::text[], %(geo_values)s::text[]) AS n(attr, value)
-), dt AS (
-    DELETE FROM entity_types o
-    WHERE o.pk = (SELECT pk FROM e) AND o.type NOT IN (SELECT type FROM new_types)
-), it AS (
-    INSERT INTO entity_types (tenant, type, pk)
-    SELECT %(tenant)s, n.type, e.pk FROM e, new_types n
-    ON CONFLICT DO NOTHING
-), da AS (
-    DELETE FROM entity_attrs o
-    WHERE o.pk = (SELECT pk FROM e) AND (o.attr, o.kind) NOT IN (SELECT attr, kind FROM new_attrs)
-), ia AS (
-    INSERT INTO entity_attrs (tenant, attr, pk, kind)
-    SELECT %(tenant)s, n.attr, e.pk, n.kind FROM e, new_attrs n
-    ON CONFLICT DO NOTHING
-), dg AS (
-    DELETE FROM entity_geometries o
-    WHERE o.pk = (SELECT pk FROM e) AND NOT EXISTS (
-        SELECT 1 FROM new_geometries n WHERE n.attr = o.attr AND n.value = o.value
-    )
-), ig AS (
-    INSERT INTO entity_geometries (pk, tenant, attr, value, geom)
-    SELECT e.pk, %(tenant)s, n.attr, n.value,
-           ST_SetSRID(ST_Force2D(ST_GeomFromGeoJSON(n.value)), 4326)
-    FROM e, new_geometries n
-    WHERE NOT EXISTS (
-        SELECT 1 FROM entity_geometries o
-        WHERE o.pk = (SELECT pk FROM e) AND o.attr = n.attr AND o.value = n.value
-    )
 )
 """
 
@@ -313,57 +284,41 @@ WITH e AS (
 """
 
 # The temporal entity is upserted (an entity write keeps its last known types, as in
-# the other backends). ``h`` numbers the rows, materialised once because of nextval.
-# ``hr`` drops the stored rows each observation replaces; it cannot see ``hi``'s rows,
-# so a row replaced by a later one of the same batch is left out by ``keep`` instead.
-# Its bounds (attributes and time span of the batch's observations) are redundant with
-# the join but let the planner prune partitions and seek the primary key: without them
-# it hash-joins the entity's whole history for every batch.
-_HISTORY_CTES = """
+# the other backends); the rows follow (see cityos.storage.postgres_updates).
+_TEMPORAL_ENTITY = """
 , te AS (
     INSERT INTO temporal_entities (tenant, id, types)
     SELECT %(tenant)s, %(id)s, %(history_types)s::text[] {source}
     ON CONFLICT (tenant, id) DO UPDATE SET types = {types}
     RETURNING tpk
-), h AS (
-    SELECT n.aid, 'epoch'::timestamptz + n.ms * interval '1 ms' AS time,
-           nextval('temporal_seq') AS seq, n.dataset_id, n.observed, n.deleted, n.keep,
-           n.doc, n.value_num, n.ord
-    FROM te, unnest(
-        %(h_aids)s::integer[], %(h_ms)s::bigint[], %(h_datasets)s::text[],
-        %(h_observed)s::boolean[], %(h_deleted)s::boolean[], %(h_keep)s::boolean[],
-        %(h_docs)s::bytea[], %(h_nums)s::double precision[]
-    ) WITH ORDINALITY AS n(aid, ms, dataset_id, observed, deleted, keep, doc, value_num, ord)
-), hr AS (
-    DELETE FROM temporal o USING h
-    WHERE h.observed AND o.tpk = (SELECT tpk FROM te) AND o.aid = h.aid
-      AND o.time = h.time AND o.dataset_id IS NOT DISTINCT FROM h.dataset_id
-      AND NOT o.deleted
-      AND o.aid = ANY(%(h_observed_aids)s::integer[])
-      AND o.time >= 'epoch'::timestamptz + %(h_observed_from)s * interval '1 ms'
-      AND o.time <= 'epoch'::timestamptz + %(h_observed_to)s * interval '1 ms'
-), hi AS (
-    INSERT INTO temporal (tpk, aid, time, seq, dataset_id, deleted, doc, value_num)
-    SELECT te.tpk, h.aid, h.time, h.seq, h.dataset_id, h.deleted, h.doc, h.value_num
-    FROM te, h WHERE h.keep
-)
-"""
-_ENTITY_HISTORY = _HISTORY_CTES.format(source="FROM e", types="EXCLUDED.types")
+)"""
+_HISTORY_CTES = HISTORY_ROWS + REPLACED_OBSERVATIONS + INSERT_HISTORY + "\n"
+_ENTITY_HISTORY = _TEMPORAL_ENTITY.format(source="FROM e", types="EXCLUDED.types") + _HISTORY_CTES
 
-_INSERT = _INSERT_CTES + _ENTITY_HISTORY + "SELECT pk FROM e"
-_UPDATE = _UPDATE_CTES + "SELECT pk FROM e"
-_UPDATE_WITH_HISTORY = _UPDATE_CTES + _ENTITY_HISTORY + "SELECT pk FROM e"
+_NEW_TENANT = """, tn AS (
+    INSERT INTO tenants (name) SELECT %(tenant)s FROM e ON CONFLICT DO NOTHING
+)"""
+_INSERT = _INSERT_CTES.format(tenant=_NEW_TENANT) + _ENTITY_HISTORY + "SELECT pk FROM e"
+# A tenant known to exist needs no conflict probe of ``tenants`` on every create.
+_INSERT_KNOWN_TENANT = _INSERT_CTES.format(tenant="") + _ENTITY_HISTORY + "SELECT pk FROM e"
 _DELETE = _DELETE_CTES + "SELECT count(*) FROM e"
 _DELETE_WITH_HISTORY = _DELETE_CTES + _ENTITY_HISTORY + "SELECT count(*) FROM e"
 # Appending keeps the recorded types, like the SQLite backend; the no-op update makes
 # RETURNING give the tpk of an existing temporal entity.
 _APPEND = (
     "WITH seed AS (SELECT 1)"
-    + _HISTORY_CTES.format(source="FROM seed", types="temporal_entities.types")
+    + _TEMPORAL_ENTITY.format(source="FROM seed", types="temporal_entities.types")
+    + _HISTORY_CTES
     + "SELECT h.seq FROM h ORDER BY h.ord"
 )
 
 _READ_FOR_WRITE = "SELECT doc, xmin::text FROM entities WHERE tenant = %s AND id = %s"
+
+
+def _read_version(conn: Connection, tenant: str, entity_id: str) -> tuple[StoredEntity | None, str]:
+    """The stored entity and its row version (``xmin``) as ``conn`` sees them."""
+    row = conn.execute(_READ_FOR_WRITE, (tenant, entity_id)).fetchone()
+    return (None, "") if row is None else (orjson.loads(row[0]), row[1])
 
 
 class PostgresStorage(PostgresIngestTables):
@@ -374,10 +329,14 @@ class PostgresStorage(PostgresIngestTables):
     command that fixes it. A database that cannot be reached raises
     ``psycopg.OperationalError`` with the server's reason. Opening also creates the
     history partitions of this month and the next (see the design notes).
+
+    ``pool_size`` connections at most: in a server, one for the event loop, three for
+    the query threads, one for the group committer and one for what it registers on
+    the side (history partitions, attribute ids).
     """
 
-    def __init__(self, url: str, *, upgrade: bool = False, pool_size: int = 4) -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
+    def __init__(self, url: str, *, upgrade: bool = False, pool_size: int = 6) -> None:
+        with psycopg.connect(url, autocommit=True, **connection_options()) as conn:
             if upgrade:
                 upgrade_schema(conn)
             current, needed = schema_version(conn), latest_version("postgres")
@@ -386,18 +345,16 @@ class PostgresStorage(PostgresIngestTables):
                     f"The database schema is at version {current}; this cityos needs "
                     f"version {needed}. Run `cityos db upgrade` (or start with --upgrade)."
                 )
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True},
-            open=True,
-            name="cityos",
+        # Outages (503 while the database is away, reconnection): see postgres_pool.
+        self._pool = ReconnectingPool(
+            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, name="cityos"
         )
         self._pinned: Connection | None = None
         self._url = url
         self._duties: set[str] = set()
         self._pinned_thread = 0
+        self._last_read = threading.local()
+        self._committer = GroupCommitter(self._pool)
         self._known_tenants: set[str] = {DEFAULT_TENANT}
         with self._pool.connection() as conn:
             self._partitions = history_partitions(conn)
@@ -424,6 +381,9 @@ class PostgresStorage(PostgresIngestTables):
         if self._pinned is not None and self._pinned_thread == threading.get_ident():
             yield
             return
+        # No group commit may be in flight while a transaction holds row locks: a group
+        # could wait for one of them while this thread waits (in a read) for the group.
+        self._committer.wait_for_all()
         with self._pool.connection() as conn, conn.transaction():
             self._pinned, self._pinned_thread = conn, threading.get_ident()
             try:
@@ -434,13 +394,22 @@ class PostgresStorage(PostgresIngestTables):
     # -- reads ------------------------------------------------------------------------
 
     def get(self, tenant: str, entity_id: str) -> StoredEntity | None:
+        """The stored entity; also remembered, with its row version, for a write of the
+        same entity that follows on this thread (see :meth:`_version_for_write`). Waits
+        for a write of the entity still in flight (group commit) first."""
+        self._committer.wait_for((tenant, entity_id))
         with self._connection() as conn:
-            row = conn.execute(
-                "SELECT doc FROM entities WHERE tenant = %s AND id = %s", (tenant, entity_id)
-            ).fetchone()
-        return None if row is None else orjson.loads(row[0])
+            row = conn.execute(_READ_FOR_WRITE, (tenant, entity_id)).fetchone()
+        if row is None:
+            self._last_read.entry = None
+            return None
+        self._last_read.entry = (tenant, entity_id, row[0], row[1])
+        entity: StoredEntity = orjson.loads(row[0])
+        return entity
 
     def get_many(self, tenant: str, entity_ids: list[str]) -> dict[str, StoredEntity]:
+        for entity_id in entity_ids:
+            self._committer.wait_for((tenant, entity_id))
         with self._connection() as conn:
             rows = conn.execute(
                 "SELECT id, doc FROM entities WHERE tenant = %s AND id = ANY(%s)",
@@ -457,8 +426,10 @@ class PostgresStorage(PostgresIngestTables):
         # Small first page: most queries stop after ``limit`` matches.
         batch = _FIRST_SCAN_BATCH
         while True:
+            # ``after`` twice: see _scan_sql.
+            page = (*params, after, after, batch)
             with self._connection() as conn:
-                rows = conn.execute(query, (*params, after, batch), binary=True).fetchall()
+                rows = conn.execute(query, page, binary=True).fetchall()
             for pk, doc in rows:
                 yield pk, orjson.loads(doc)
             if len(rows) < batch:
@@ -469,10 +440,13 @@ class PostgresStorage(PostgresIngestTables):
     def _scan_by_geometry(
         self, tenant: str, scan: EntityScan
     ) -> Iterator[tuple[int, StoredEntity]]:
-        """Geo candidates: pks whose geometry intersects the box (GiST), then documents.
+        """Geo candidates: pks whose geometry's box meets the box (GiST), then documents,
+        a small page first (the caller usually stops after ``limit`` matches).
 
-        Types, attributes and ids are checked on the documents: probing the index tables
-        per geometry row costs more than the few extra documents it would save.
+        The box test (``&&``) is what the contract asks of a candidate scan, as in
+        SQLite's R*Tree; the broker applies the exact predicate. Types, attributes and
+        ids are checked on the documents: probing the index tables per geometry row
+        costs more than the few extra documents it would save.
         """
         assert scan.geo_bbox is not None
         min_x, min_y, max_x, max_y = scan.geo_bbox
@@ -485,13 +459,15 @@ class PostgresStorage(PostgresIngestTables):
                 pk
                 for (pk,) in conn.execute(
                     "SELECT DISTINCT pk FROM entity_geometries WHERE tenant = %s AND pk > %s "
-                    "AND ST_Intersects(geom, ST_MakeEnvelope(%s, %s, %s, %s, 4326)) "
+                    "AND geom && ST_MakeEnvelope(%s, %s, %s, %s, 4326) "
                     f"{attr_filter} ORDER BY pk",
                     params,
                 )
             ]
-        for start in range(0, len(pks), _GEO_DOC_BATCH):
-            chunk = pks[start : start + _GEO_DOC_BATCH]
+        start, batch = 0, _FIRST_SCAN_BATCH
+        while start < len(pks):
+            chunk = pks[start : start + batch]
+            start, batch = start + batch, min(batch * 4, _MAX_SCAN_BATCH)
             with self._connection() as conn:
                 rows = conn.execute(
                     "SELECT pk, doc FROM entities WHERE pk = ANY(%s) ORDER BY pk",
@@ -510,7 +486,7 @@ class PostgresStorage(PostgresIngestTables):
 
     @staticmethod
     def _scan_sql(tenant: str, scan: EntityScan) -> tuple[str, list[object]]:
-        """A keyset-paginated candidate query; the last two parameters are pk, limit.
+        """A keyset-paginated candidate query; the last three parameters are pk, pk, limit.
 
         As in the SQLite backend: one type drives the query through the
         (tenant, type, pk) index, which yields rows already in pk order; otherwise the
@@ -541,9 +517,12 @@ class PostgresStorage(PostgresIngestTables):
                 "AND a.attr = ANY(%s) AND a.pk = e.pk)"
             )
             params.extend([tenant, sorted(scan.attrs_any)])
+        # The pk bound is given on both sides of the join: with it on ``t`` only, the
+        # planner may merge-join with a walk of ``entities`` from its first row, a cost
+        # that grows with every page.
         query = (
             f"SELECT e.pk, e.doc FROM {source} WHERE {' AND '.join(where)} "
-            f"AND {order} > %s ORDER BY {order} LIMIT %s"
+            f"AND {order} > %s AND e.pk > %s ORDER BY {order} LIMIT %s"
         )
         return query, params
 
@@ -589,30 +568,75 @@ class PostgresStorage(PostgresIngestTables):
     # -- writes -----------------------------------------------------------------------
 
     def insert(self, tenant: str, entity: StoredEntity) -> None:
+        forget_last_deferred()
+        self._last_read.entry = None
         now = entity.get("modifiedAt") or now_iso()
         params = _write_params(tenant, entity)
         params |= self._history_params(entity["type"], changed_instances(None, entity, now))
-        with self._connection() as conn:
-            row = conn.execute(_INSERT, params).fetchone()
-        if row is None:
-            raise AlreadyExists(f"Entity {entity['id']} already exists")
+        statement = _INSERT_KNOWN_TENANT if tenant in self._known_tenants else _INSERT
+
+        def write(conn: Connection) -> None:
+            if conn.execute(statement, params).fetchone() is None:
+                raise AlreadyExists(f"Entity {entity['id']} already exists")
+
+        self._write((tenant, entity["id"]), write)
 
     def update(self, tenant: str, entity: StoredEntity) -> StoredEntity:
-        params = _write_params(tenant, entity)
+        """See :meth:`Storage.update`. When the write is deferred (group commit), the
+        document returned is the one the write started from. Should another process
+        change the entity between the broker's read and this write, the write applies
+        its own changes to that newer version (``rebase_entity``: no lost update); the
+        change listeners are told which version was replaced (see
+        ``cityos.broker.changes``) but get ``entity`` as the new state."""
+        forget_last_deferred()
+        rows = index_rows(entity)
+        _refuse_nul([tenant, entity["id"], *rows.types, *(attr for attr, _ in rows.attrs)])
         now = entity.get("modifiedAt") or now_iso()
-        while True:
-            old, params["xmin"] = self._read_for_write(tenant, entity["id"])
-            if old is None:
-                raise ResourceNotFound(f"Entity {entity['id']} not found")
-            rows = changed_instances(old, entity, now)
-            statement = _UPDATE
-            if rows or old["type"] != entity["type"]:
-                statement = _UPDATE_WITH_HISTORY
-                params |= self._history_params(entity["type"], rows)
-            with self._connection() as conn:
-                if conn.execute(statement, params).fetchone() is not None:
-                    return old
-            # Another writer changed (or deleted) the entity since the read: retry.
+        old, xmin = self._version_for_write(tenant, entity["id"])
+        if old is None:
+            raise ResourceNotFound(f"Entity {entity['id']} not found")
+        first = old, self._update_params(tenant, entity, old, xmin, now)
+
+        def write(conn: Connection) -> StoredEntity:
+            replaced, (statement, params) = first
+            while conn.execute(statement, params).fetchone() is None:
+                # Another writer changed (or deleted) the entity since the read: apply
+                # this write's own changes to the newer version and retry, so that the
+                # other writer's change is kept (see ``rebase_entity``).
+                current, xmin = _read_version(conn, tenant, entity["id"])
+                if current is None:
+                    raise ResourceNotFound(f"Entity {entity['id']} not found")
+                rebased = rebase_entity(old, entity, current)
+                replaced = current
+                statement, params = self._update_params(tenant, rebased, replaced, xmin, now)
+            return replaced
+
+        replaced: StoredEntity = self._write((tenant, entity["id"]), write, deferred=old)
+        return replaced
+
+    def _update_params(
+        self, tenant: str, entity: StoredEntity, old: StoredEntity, xmin: str, now: str
+    ) -> tuple[str, dict[str, object]]:
+        """The statement and parameters that replace ``old`` (at row version ``xmin``)."""
+        params: dict[str, object] = {
+            "tenant": tenant,
+            "id": entity["id"],
+            "doc": orjson.dumps(entity),
+            "xmin": xmin,
+        }
+        change = index_change(old, entity)
+        params |= change.params()
+        history = changed_instances(old, entity, now)
+        types_kept = old["type"] == entity["type"]
+        if history or not types_kept:
+            params |= self._history_params(entity["type"], history)
+        shape = update_shape(
+            change,
+            history=bool(history) or not types_kept,
+            types_kept=types_kept,
+            observations=params.get("h_observed_from") is not None,
+        )
+        return update_statement(shape), params
 
     def write_many(
         self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
@@ -627,26 +651,76 @@ class PostgresStorage(PostgresIngestTables):
                     self.update(tenant, new)
 
     def delete(self, tenant: str, entity_id: str) -> bool:
-        while True:
-            old, xmin = self._read_for_write(tenant, entity_id)
-            if old is None:
-                return False
-            params: dict[str, object] = {"tenant": tenant, "id": entity_id, "xmin": xmin}
-            rows = changed_instances(old, None, now_iso())
-            statement = _DELETE
-            if rows:
-                statement = _DELETE_WITH_HISTORY
-                params |= self._history_params(old["type"], rows)
-            with self._connection() as conn:
+        """See :meth:`Storage.delete`. A deferred delete answers ``True`` (the entity
+        was there when read); if it has gone by the time the write runs, the write fails
+        with ``ResourceNotFound``, which the request answers instead."""
+        forget_last_deferred()
+        old, xmin = self._version_for_write(tenant, entity_id)
+        if old is None:
+            return False
+        first = self._delete_params(tenant, entity_id, old, xmin)
+        deferred = self._deferring()
+
+        def write(conn: Connection) -> bool:
+            statement, params = first
+            while True:
                 row = conn.execute(statement, params).fetchone()
-            if row is not None and row[0]:
-                return True
+                if row is not None and row[0]:
+                    return True
+                replaced, xmin = _read_version(conn, tenant, entity_id)
+                if replaced is None:
+                    if deferred:
+                        raise ResourceNotFound(f"Entity {entity_id} not found")
+                    return False
+                statement, params = self._delete_params(tenant, entity_id, replaced, xmin)
+
+        return bool(self._write((tenant, entity_id), write, deferred=True))
+
+    def _delete_params(
+        self, tenant: str, entity_id: str, old: StoredEntity, xmin: str
+    ) -> tuple[str, dict[str, object]]:
+        params: dict[str, object] = {"tenant": tenant, "id": entity_id, "xmin": xmin}
+        rows = changed_instances(old, None, now_iso())
+        if not rows:
+            return _DELETE, params
+        return _DELETE_WITH_HISTORY, params | self._history_params(old["type"], rows)
+
+    def _deferring(self) -> bool:
+        """True when a write now would go to the group committer: inside a request that
+        waits for its commits, and outside a transaction of this thread."""
+        pinned_here = self._pinned is not None and self._pinned_thread == threading.get_ident()
+        return not pinned_here and deferral_allowed()
+
+    def _write(self, key: tuple[str, str], write: WriteJob, deferred: object = None) -> Any:
+        """Run ``write`` now and return its result, or hand it to the group committer
+        (see :mod:`cityos.storage.group_commit`) and return ``deferred``."""
+        if self._deferring():
+            note_deferred(self._committer.submit(key, write))
+            return deferred
+        with self._connection() as conn:
+            return write(conn)
+
+    def _version_for_write(self, tenant: str, entity_id: str) -> tuple[StoredEntity | None, str]:
+        """The document and row version a write of the entity starts from.
+
+        When this thread's last read was of this entity (the broker reads an entity,
+        changes it and writes it back), that read is used instead of a second round
+        trip. It is only a starting point: the write is conditional on the row version,
+        so if the entity changed since, the write matches nothing and is retried from a
+        fresh read, exactly as when the read is made here. Consumed by the write, so a
+        later write never starts from a document older than this one.
+        """
+        entry: tuple[str, str, bytes, str] | None = getattr(self._last_read, "entry", None)
+        self._last_read.entry = None
+        if entry is not None and entry[0] == tenant and entry[1] == entity_id:
+            return orjson.loads(entry[2]), entry[3]
+        return self._read_for_write(tenant, entity_id)
 
     def _read_for_write(self, tenant: str, entity_id: str) -> tuple[StoredEntity | None, str]:
         """The stored entity and its row version (``xmin``) for a conditional write."""
+        self._committer.wait_for((tenant, entity_id))
         with self._connection() as conn:
-            row = conn.execute(_READ_FOR_WRITE, (tenant, entity_id)).fetchone()
-        return (None, "") if row is None else (orjson.loads(row[0]), row[1])
+            return _read_version(conn, tenant, entity_id)
 
     # -- history ----------------------------------------------------------------------
 
@@ -955,8 +1029,13 @@ class PostgresStorage(PostgresIngestTables):
                 (type_iri, before_ms),
             ).rowcount
 
+    def database_reachable(self) -> bool:
+        """True when the database answers a trivial query now (``/health``); never raises."""
+        return self._pool.ping()
+
     def close(self) -> None:
         self.release_duties()
+        self._committer.close()
         self._pool.close()
 
 
@@ -981,7 +1060,7 @@ def _refuse_nul(names: list[str]) -> None:
 
 
 def _write_params(tenant: str, entity: StoredEntity) -> dict[str, object]:
-    """The parameters of ``_INSERT`` and ``_UPDATE`` for ``entity``."""
+    """The parameters of ``_INSERT`` for ``entity``."""
     rows = index_rows(entity)
     _refuse_nul([tenant, entity["id"], *rows.types, *(attr for attr, _ in rows.attrs)])
     attrs = sorted(rows.attrs)

@@ -7,9 +7,12 @@ translate parameters into ``ContextBroker`` calls.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -50,6 +53,20 @@ def broker_of(request: Request) -> ContextBroker:
     """The app's ``ContextBroker``."""
     broker: ContextBroker = request.app.state.broker
     return broker
+
+
+_Result = TypeVar("_Result")
+
+
+async def run_read(request: Request, read: Callable[[], _Result]) -> _Result:
+    """Run a read-only broker call. With a backend that waits on a database server
+    (``app.state.read_executor`` set, PostgreSQL), it runs on a worker thread, so that
+    the event loop serves other requests while the server works; otherwise inline.
+    Writes stay on the event loop: the broker's read-modify-write relies on it."""
+    executor: Executor | None = request.app.state.read_executor
+    if executor is None:
+        return read()
+    return await asyncio.get_running_loop().run_in_executor(executor, read)
 
 
 def tenant_of(request: Request) -> str:

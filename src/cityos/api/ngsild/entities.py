@@ -17,6 +17,7 @@ from cityos.api.ngsild.common import (
     negotiate,
     ngsi_response,
     read_body,
+    run_read,
     strip_context,
     tenant_of,
 )
@@ -139,7 +140,7 @@ async def query_entities(request: Request) -> Response:
     if query.limit == 0 and not query.count:
         raise BadRequestData("limit=0 is only allowed together with count=true")
     tenant = tenant_of(request)
-    result = broker.query_entities(tenant, query)
+    result = await run_read(request, lambda: broker.query_entities(tenant, query))
     rendered = render_entities(result.entities, ctx, options, join, linked_entities(broker, tenant))
     headers = {}
     if result.total is not None:

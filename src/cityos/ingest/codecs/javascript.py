@@ -49,6 +49,11 @@ function __cityos_decode(document) {
   return JSON.stringify(result === undefined ? null : result);
 }
 """
+# Codecs written for The Things Stack may log; QuickJS has no console of its own.
+_PRELUDE = """
+var console = {log: function () {}, info: function () {}, warn: function () {},
+               error: function () {}, debug: function () {}};
+"""
 _UNKNOWN_FPORT_RE = re.compile(r"unknown\s*f?\s*port", re.IGNORECASE)
 
 
@@ -96,6 +101,7 @@ class JavaScriptCodec:
             # Compiling a large codec may take longer than one decode is allowed.
             context.set_time_limit(max(self.time_limit_s, 1.0))
             try:
+                context.eval(_PRELUDE)
                 context.eval(self.source)
                 context.eval(_ENTRY)
             except quickjs.JSException as error:

@@ -31,10 +31,13 @@ from cityos.ingest.networks.fields import (
     as_object,
     decode_base64,
     event_time,
+    gateway_reception,
     load_json_object,
     normalize_dev_eui,
     optional_int,
     optional_number,
+    optional_object,
+    optional_text,
     window_dedup_key,
 )
 
@@ -96,9 +99,7 @@ def _uplink(
     dedup_id = body.get("deduplicationId")
     if dedup_id is not None and not isinstance(dedup_id, str):
         raise IngestError("invalid-message", "deduplicationId is not a string")
-    network_decoded = body.get("object")
-    if network_decoded is not None and not isinstance(network_decoded, dict):
-        raise IngestError("invalid-message", "object is not a JSON object")
+    network_decoded = optional_object(body.get("object"), "object")
     tx_info = as_object(body.get("txInfo"), "txInfo")
     lora = as_object(
         as_object(tx_info.get("modulation"), "txInfo.modulation").get("lora"),
@@ -119,8 +120,8 @@ def _uplink(
         ),
         spreading_factor=optional_int(lora.get("spreadingFactor"), "spreadingFactor"),
         frequency_hz=optional_int(tx_info.get("frequency"), "txInfo.frequency"),
-        device_name=_optional_text(device_info.get("deviceName")),
-        application_id=_optional_text(device_info.get("applicationId")),
+        device_name=optional_text(device_info.get("deviceName")),
+        application_id=optional_text(device_info.get("applicationId")),
     )
 
 
@@ -128,16 +129,7 @@ def _reception(rx_info: dict[str, Any]) -> GatewayReception:  # Any: JSON values
     gateway_id = rx_info.get("gatewayId")
     if not isinstance(gateway_id, str) or not gateway_id:
         raise IngestError("invalid-message", "rxInfo[].gatewayId is missing")
-    location = as_object(rx_info.get("location"), "rxInfo[].location")
-    return GatewayReception(
-        gateway_id=gateway_id.lower(),
-        rssi_dbm=optional_number(rx_info.get("rssi", 0), "rxInfo[].rssi"),
-        snr_db=optional_number(rx_info.get("snr", 0), "rxInfo[].snr"),
-        # An absent location is unknown; inside a present one, absent means 0 (default).
-        latitude=optional_number(location.get("latitude", 0), "latitude") if location else None,
-        longitude=optional_number(location.get("longitude", 0), "longitude") if location else None,
-        altitude_m=optional_number(location.get("altitude", 0), "altitude") if location else None,
-    )
+    return gateway_reception(gateway_id.lower(), rx_info, "rxInfo[]")
 
 
 def _status(body: dict[str, Any], dev_eui: str, observed_at: str) -> StatusReport:  # Any: JSON
@@ -152,7 +144,3 @@ def _status(body: dict[str, Any], dev_eui: str, observed_at: str) -> StatusRepor
         margin_db=optional_number(body.get("margin", 0), "margin"),
         external_power=external,
     )
-
-
-def _optional_text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None

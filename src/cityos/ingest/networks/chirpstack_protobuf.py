@@ -18,6 +18,7 @@ from typing import Any
 from google.protobuf import (
     descriptor_pb2,
     descriptor_pool,
+    duration_pb2,
     json_format,
     message_factory,
     struct_pb2,
@@ -34,6 +35,7 @@ _ENUM = _F.TYPE_ENUM
 _PACKAGE = "cityos.chirpstack"
 _TIMESTAMP = ".google.protobuf.Timestamp"
 _STRUCT = ".google.protobuf.Struct"
+_DURATION = ".google.protobuf.Duration"
 
 # message name -> [(field number, name, type, message type or "", repeated)];
 # numbers and types from chirpstack/api/proto/{integration,gw,common}/*.proto (v4).
@@ -64,12 +66,35 @@ _MESSAGES: dict[str, list[tuple[int, str, int, str, bool]]] = {
     "LoraModulationInfo": [
         (1, "bandwidth", _UINT32, "", False),
         (2, "spreading_factor", _UINT32, "", False),
+        (3, "code_rate_legacy", _STRING, "", False),
+        (4, "polarization_inversion", _BOOL, "", False),
+        (5, "code_rate", _ENUM, "CodeRate", False),
+        (6, "preamble", _UINT32, "", False),
+        (7, "no_crc", _BOOL, "", False),
     ],
     "Modulation": [(3, "lora", _MESSAGE, "LoraModulationInfo", False)],
     "UplinkTxInfo": [
         (1, "frequency", _UINT32, "", False),
         (2, "modulation", _MESSAGE, "Modulation", False),
     ],
+    "DownlinkTxInfo": [
+        (1, "frequency", _UINT32, "", False),
+        (2, "power", _INT32, "", False),
+        (3, "modulation", _MESSAGE, "Modulation", False),
+        (4, "board", _UINT32, "", False),
+        (5, "antenna", _UINT32, "", False),
+        (6, "timing", _MESSAGE, "Timing", False),
+        (7, "context", _BYTES, "", False),
+    ],
+    # A oneof in gw.proto; as plain fields the parser and the JSON mapping read it alike.
+    "Timing": [
+        (1, "immediately", _MESSAGE, "ImmediatelyTimingInfo", False),
+        (2, "delay", _MESSAGE, "DelayTimingInfo", False),
+        (3, "gps_epoch", _MESSAGE, "GPSEpochTimingInfo", False),
+    ],
+    "ImmediatelyTimingInfo": [],
+    "DelayTimingInfo": [(1, "delay", _MESSAGE, _DURATION, False)],
+    "GPSEpochTimingInfo": [(1, "time_since_gps_epoch", _MESSAGE, _DURATION, False)],
     "UplinkEvent": [
         (1, "deduplication_id", _STRING, "", False),
         (2, "time", _MESSAGE, _TIMESTAMP, False),
@@ -115,6 +140,7 @@ _MESSAGES: dict[str, list[tuple[int, str, int, str, bool]]] = {
         (4, "queue_item_id", _STRING, "", False),
         (5, "f_cnt_down", _UINT32, "", False),
         (6, "gateway_id", _STRING, "", False),
+        (7, "tx_info", _MESSAGE, "DownlinkTxInfo", False),
     ],
     "LogEvent": [
         (1, "time", _MESSAGE, _TIMESTAMP, False),
@@ -133,6 +159,21 @@ _MESSAGES: dict[str, list[tuple[int, str, int, str, bool]]] = {
 }
 
 _ENUMS = {
+    "CodeRate": [
+        "CR_UNDEFINED",
+        "CR_4_5",
+        "CR_4_6",
+        "CR_4_7",
+        "CR_4_8",
+        "CR_3_8",
+        "CR_2_6",
+        "CR_1_4",
+        "CR_1_6",
+        "CR_5_6",
+        "CR_LI_4_5",
+        "CR_LI_4_6",
+        "CR_LI_4_8",
+    ],
     "LogLevel": ["INFO", "WARNING", "ERROR"],
     "LogCode": [
         "UNKNOWN",
@@ -185,11 +226,16 @@ def _message_classes() -> dict[str, Any]:  # Any: generated protobuf message cla
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
     pool.AddSerializedFile(struct_pb2.DESCRIPTOR.serialized_pb)
+    pool.AddSerializedFile(duration_pb2.DESCRIPTOR.serialized_pb)
     file = descriptor_pb2.FileDescriptorProto(
         name="cityos/chirpstack_integration.proto",
         package=_PACKAGE,
         syntax="proto3",
-        dependency=["google/protobuf/timestamp.proto", "google/protobuf/struct.proto"],
+        dependency=[
+            "google/protobuf/timestamp.proto",
+            "google/protobuf/struct.proto",
+            "google/protobuf/duration.proto",
+        ],
     )
     for enum_name, values in _ENUMS.items():
         enum = file.enum_type.add(name=enum_name)

@@ -1,5 +1,6 @@
 """Reading the pieces every network format shares: the JSON body, base64 payloads,
-DevEUIs, timestamps and the dedupe key. All failures raise :class:`IngestError`."""
+DevEUIs, timestamps, the dedupe key and a gateway's radio metadata. All failures raise
+:class:`IngestError`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import orjson
 
 from cityos.core.timeutil import format_ms
-from cityos.ingest.model import IngestError
+from cityos.ingest.model import GatewayReception, IngestError
 
 DEDUP_WINDOW_MS = 60_000
 """Without a network-assigned id, an uplink is identified by DevEUI, frame counter and
@@ -118,3 +119,36 @@ def as_list(value: object, field: str) -> list[Any]:  # Any: JSON values
     if not isinstance(value, list):
         raise IngestError("invalid-message", f"{field} is not an array")
     return value
+
+
+def optional_object(value: object, field: str) -> dict[str, Any] | None:  # Any: JSON values
+    """A nested JSON object, ``None`` when absent; ``invalid-message`` for other types."""
+    if value is not None and not isinstance(value, dict):
+        raise IngestError("invalid-message", f"{field} is not a JSON object")
+    return value
+
+
+def optional_text(value: object) -> str | None:
+    """A non-empty string, else ``None``: names are informative only, so a wrong type is
+    not worth refusing the message for."""
+    return value if isinstance(value, str) and value else None
+
+
+def gateway_reception(
+    gateway_id: str,
+    metadata: dict[str, Any],  # Any: JSON values
+    field: str,
+) -> GatewayReception:
+    """One gateway's reception from its radio metadata, which both network servers write
+    as ``rssi``, ``snr`` and ``location.{latitude,longitude,altitude}`` with zero values
+    omitted. ``field`` is where the metadata sits in the message, for error messages."""
+    location = as_object(metadata.get("location"), f"{field}.location")
+    return GatewayReception(
+        gateway_id=gateway_id,
+        rssi_dbm=optional_number(metadata.get("rssi", 0), f"{field}.rssi"),
+        snr_db=optional_number(metadata.get("snr", 0), f"{field}.snr"),
+        # An absent location is unknown; inside a present one, absent means 0 (default).
+        latitude=optional_number(location.get("latitude", 0), "latitude") if location else None,
+        longitude=optional_number(location.get("longitude", 0), "longitude") if location else None,
+        altitude_m=optional_number(location.get("altitude", 0), "altitude") if location else None,
+    )

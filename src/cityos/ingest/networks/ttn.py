@@ -26,10 +26,12 @@ from cityos.ingest.networks.fields import (
     as_object,
     decode_base64,
     event_time,
+    gateway_reception,
     load_json_object,
     normalize_dev_eui,
     optional_int,
-    optional_number,
+    optional_object,
+    optional_text,
     window_dedup_key,
 )
 
@@ -80,9 +82,7 @@ def _uplink(
         message.get("received_at", body.get("received_at")), "received_at", fallback_ms
     )
     f_cnt = optional_int(message.get("f_cnt"), "f_cnt", default=0)
-    decoded = message.get("decoded_payload")
-    if decoded is not None and not isinstance(decoded, dict):
-        raise IngestError("invalid-message", "decoded_payload is not a JSON object")
+    decoded = optional_object(message.get("decoded_payload"), "decoded_payload")
     settings = as_object(message.get("settings"), "settings")
     lora = as_object(
         as_object(settings.get("data_rate"), "settings.data_rate").get("lora"),
@@ -104,8 +104,8 @@ def _uplink(
         ),
         spreading_factor=optional_int(lora.get("spreading_factor"), "spreading_factor"),
         frequency_hz=optional_int(settings.get("frequency"), "settings.frequency"),
-        device_name=_optional_text(ids.get("device_id")),
-        application_id=_optional_text(application.get("application_id")),
+        device_name=optional_text(ids.get("device_id")),
+        application_id=optional_text(application.get("application_id")),
     )
 
 
@@ -114,16 +114,4 @@ def _reception(metadata: dict[str, Any]) -> GatewayReception:  # Any: JSON value
     gateway_id = gateway_ids.get("gateway_id")
     if not isinstance(gateway_id, str) or not gateway_id:
         raise IngestError("invalid-message", "rx_metadata[].gateway_ids.gateway_id is missing")
-    location = as_object(metadata.get("location"), "rx_metadata[].location")
-    return GatewayReception(
-        gateway_id=gateway_id,
-        rssi_dbm=optional_number(metadata.get("rssi", 0), "rx_metadata[].rssi"),
-        snr_db=optional_number(metadata.get("snr", 0), "rx_metadata[].snr"),
-        latitude=optional_number(location.get("latitude", 0), "latitude") if location else None,
-        longitude=optional_number(location.get("longitude", 0), "longitude") if location else None,
-        altitude_m=optional_number(location.get("altitude", 0), "altitude") if location else None,
-    )
-
-
-def _optional_text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return gateway_reception(gateway_id, metadata, "rx_metadata[]")
