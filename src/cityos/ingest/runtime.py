@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -29,6 +30,9 @@ from cityos.storage.sqlite import SqliteStorage
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 600.0
+MQTT_DUTY_RETRY_S = 10.0
+MQTT_SHARED_SLOTS = 64
+"""Most processes that subscribe together to a shared group."""
 ENTITY_CACHE_SIZE = 200_000
 """Entities the writer keeps in memory (a Device and a target per sensor)."""
 GATEWAY_FLUSH_INTERVAL_S = 10.0
@@ -107,8 +111,8 @@ class IngestRuntime:
             tenant=settings.ingest_tenant,
             interval_s=settings.ingest_health_interval_s,
         )
-        options = mqtt_options(settings)
-        self.mqtt = MqttSubscriber(options, self.intake, clock_ms) if options else None
+        self._mqtt_options = mqtt_options(settings)
+        self.mqtt: MqttSubscriber | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_gateway_flush = 0.0
 
@@ -126,8 +130,14 @@ class IngestRuntime:
 
     def mqtt_status(self) -> dict[str, Any] | None:  # Any: JSON document
         """The MQTT subscriber's state for ``GET /ingest/stats``."""
-        if self.mqtt is None:
+        if self._mqtt_options is None:
             return None
+        if self.mqtt is None:
+            return {
+                "url": _without_password(self._mqtt_options.url),
+                "connected": False,
+                "standby": "another process of this database subscribes",
+            }
         return {
             "url": _without_password(self.mqtt.options.url),
             "connected": self.mqtt.connected,
@@ -136,7 +146,7 @@ class IngestRuntime:
 
     async def start(self) -> None:
         """Start the batch loop, the MQTT subscriber and the periodic tasks."""
-        if self.mqtt is not None or self.settings.ingest_secret:
+        if self._mqtt_options is not None or self.settings.ingest_secret:
             # Ingestion allocates and drops tens of thousands of small objects per second
             # while the entity cache holds millions for good: with the default
             # thresholds the collector walks that whole heap every few batches (about 40%
@@ -144,9 +154,8 @@ class IngestRuntime:
             # it anyway; cycles are collected less often.
             gc.set_threshold(50_000, 50, 100)
         self.intake.start()
-        if self.mqtt is not None:
-            self.mqtt.start()
         self._tasks = [
+            asyncio.create_task(self._take_mqtt_duty(), name="cityos-mqtt-duty"),
             asyncio.create_task(self.health.run_forever(), name="cityos-device-health"),
             asyncio.create_task(self._housekeeping(), name="cityos-ingest-housekeeping"),
         ]
@@ -160,6 +169,37 @@ class IngestRuntime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def _take_mqtt_duty(self) -> None:
+        """Subscribe once this process holds an MQTT duty, trying again every
+        ``MQTT_DUTY_RETRY_S`` (another worker holds it; it may die and free it).
+
+        Without a shared group one process of the database subscribes, with the
+        configured client id (two clients with one id would keep throwing each other
+        off the broker). With ``CITYOS_MQTT_SHARED_GROUP`` every process subscribes,
+        each with a numbered slot of its own (``{client id}-{slot}``), stable across
+        restarts, so each persistent session is picked up again by some process.
+        """
+        options = self._mqtt_options
+        if options is None:
+            return
+        while self.mqtt is None:
+            slot = self._claim_mqtt_slot(options)
+            if slot is not None:
+                if options.shared_group:
+                    options = dataclasses.replace(options, client_id=f"{options.client_id}-{slot}")
+                self.mqtt = MqttSubscriber(options, self.intake, clock_ms)
+                self.mqtt.start()
+                log.info("MQTT ingestion runs in this process as %s", options.client_id)
+                return
+            await asyncio.sleep(MQTT_DUTY_RETRY_S)
+
+    def _claim_mqtt_slot(self, options: MqttOptions) -> int | None:
+        slots = range(MQTT_SHARED_SLOTS) if options.shared_group else range(1)
+        for slot in slots:
+            if self.tables.claim_duty(f"mqtt-{slot}"):
+                return slot
+        return None
 
     async def _housekeeping(self) -> None:
         """Forget the keys of uplinks stored longer ago than any redelivery comes."""

@@ -8,9 +8,12 @@ transaction (``BEGIN IMMEDIATE``) already excludes every other writer of the fil
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -34,6 +37,8 @@ class SqliteIngestTables:
     transaction: Callable[[], AbstractContextManager[None]]
     _forget_cached_rows: Callable[[], None]
     _seen_data_version: int | None = None
+    path: Path
+    _duty_files: dict[str, BinaryIO]
 
     def known_uplink_keys(self, keys: list[str]) -> set[str]:
         found: set[str] = set()
@@ -197,9 +202,26 @@ class SqliteIngestTables:
         return changed
 
     def claim_duty(self, name: str) -> bool:
-        # One SQLite file has one serving process (the embedded deployment), so the
-        # duty is always this process's.
+        # Several processes may serve one file (`cityos serve --workers N`): a duty is an
+        # exclusive lock on a file beside the database, held until close (the OS drops
+        # it when the process dies, so another process can take the duty over).
+        if name in self._duty_files:
+            return True
+        lock_path = self.path.with_name(f"{self.path.name}.{name}.lock")
+        handle = open(lock_path, "a+b")  # noqa: SIM115 - held open while the duty is ours
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._duty_files[name] = handle
         return True
+
+    def release_duties(self) -> None:
+        """Give up every duty this storage holds."""
+        for handle in self._duty_files.values():
+            handle.close()
+        self._duty_files.clear()
 
 
 def _counts_json(counts: dict[int, int]) -> str:

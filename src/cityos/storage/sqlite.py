@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -121,6 +122,8 @@ class SqliteStorage(SqliteIngestTables):
 
     def __init__(self, path: Path, *, cache_mb: int = 64) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._duty_files: dict[str, BinaryIO] = {}
         self._db = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, cached_statements=256
         )
@@ -882,6 +885,7 @@ class SqliteStorage(SqliteIngestTables):
         return count
 
     def close(self) -> None:
+        self.release_duties()
         self._db.close()
 
 

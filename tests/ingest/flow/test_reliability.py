@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import NGSI, free_port, start_server
+from tests.conftest import NGSI, RunningServer, free_port, start_server
 from tests.ingest.flow.conftest import (
     SECRET,
     chirpstack_topic,
@@ -280,3 +280,24 @@ def test_broker_restart_during_ingestion_reconnects_and_loses_nothing(
     assert counts == dict.fromkeys(dev_euis, len(messages) // len(dev_euis))
     assert status["connections"] >= 2
     assert status["connected"]
+
+
+def test_one_process_of_a_database_subscribes_and_another_takes_over(tmp_path: Path) -> None:
+    # `cityos serve --workers N`: two clients with one id would throw each other off the
+    # broker, so one process holds the MQTT duty; when it goes, another picks it up.
+    require_mosquitto()
+    settings = ingest_settings(tmp_path / "data", f"w{uuid.uuid4().hex[:10]}")
+    first = start_server(settings)
+    second = start_server(settings)
+    try:
+
+        def status(server: RunningServer) -> dict[str, object]:
+            return dict(httpx.get(server.base_url + "/ingest/stats").json()["mqtt"])
+
+        wait_for(lambda: status(first)["connected"], what="first subscribes")
+        assert status(second)["connected"] is False
+        first.stop()
+
+        wait_for(lambda: status(second)["connected"], timeout_s=30, what="second takes over")
+    finally:
+        second.stop()
