@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cityos.storage.keys import Principal, StoredKey, as_principal, hash_key, new_key
-from cityos.storage.subscriptions import DeliveryReport, OutboxRow
+from cityos.storage.subscriptions import DeliveryReport, OutboxRow, SingleProcessCoordination
 
 _Key = tuple[str, str]
 
@@ -102,7 +102,7 @@ class MemoryDocumentTable:
         """Nothing to release."""
 
 
-class MemorySubscriptionStore:
+class MemorySubscriptionStore(SingleProcessCoordination):
     """A one-process :class:`~cityos.storage.subscriptions.SubscriptionStore` in memory."""
 
     shared = False
@@ -170,21 +170,6 @@ class MemorySubscriptionStore:
             key = (report.tenant, report.subscription_id)
             if key in self._state.subscriptions:
                 self._state.subscriptions[key] = copy.deepcopy(report.record)
-
-    def renew_lease(self) -> bool:
-        return True
-
-    def owned(self, seqs: list[int]) -> set[int]:
-        return set(seqs)
-
-    def release(self) -> None:
-        """Nothing to give up (one process)."""
-
-    def claim_throttle(self, requests: list[tuple[str, str, float]]) -> set[_Key]:
-        return {(tenant, sub_id) for tenant, sub_id, _ in requests}
-
-    def lead_periodic(self) -> bool:
-        return True
 
     def close(self) -> None:
         """Nothing to release."""

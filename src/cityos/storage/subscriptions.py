@@ -185,7 +185,27 @@ DROP INDEX IF EXISTS outbox_by_subscription;
 """
 
 
-class SqliteSubscriptionStore:
+class SingleProcessCoordination:
+    """The coordination members of :class:`SubscriptionStore` for a store that one process
+    owns alone (SQLite file, memory): every row and every decision is its own."""
+
+    def renew_lease(self) -> bool:
+        return True
+
+    def owned(self, seqs: list[int]) -> set[int]:
+        return set(seqs)
+
+    def release(self) -> None:
+        """Nothing to give up: the next run of this process takes the rows over."""
+
+    def claim_throttle(self, requests: list[tuple[str, str, float]]) -> set[_Key]:
+        return {(tenant, sub_id) for tenant, sub_id, _ in requests}
+
+    def lead_periodic(self) -> bool:
+        return True
+
+
+class SqliteSubscriptionStore(SingleProcessCoordination):
     """Subscriptions and their outbox in one SQLite file (WAL, used by one process).
 
     Why a file of its own: the entity database is written on every request, the outbox
@@ -306,20 +326,3 @@ class SqliteSubscriptionStore:
             [(orjson.dumps(r.record), r.tenant, r.subscription_id) for r in reports],
         )
         self._db.execute("COMMIT")
-
-    # ------------------------------------------- one process: trivial coordination
-
-    def renew_lease(self) -> bool:
-        return True
-
-    def owned(self, seqs: list[int]) -> set[int]:
-        return set(seqs)
-
-    def release(self) -> None:
-        """Nothing to give up: the next run of this process takes the rows over."""
-
-    def claim_throttle(self, requests: list[tuple[str, str, float]]) -> set[_Key]:
-        return {(tenant, sub_id) for tenant, sub_id, _ in requests}
-
-    def lead_periodic(self) -> bool:
-        return True
