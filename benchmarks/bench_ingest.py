@@ -29,8 +29,15 @@ Figures:
 6. **kill -9**: ``--kill-seconds`` at ``--rate``/s, the server killed half-way and
    restarted; then the keys and history rows of the run are counted in the database.
 
+7. ``--profile`` (instead of 1-6): the server's own ingestion driven in this process,
+   without MQTT or HTTP: the recorded messages go through the intake of an app built by
+   ``create_app`` (the same pipeline, writer, SQLite storage and change listeners as
+   ``serve``), and the CPU time per uplink is printed; ``--cprofile N`` adds the N
+   functions that cost most. This is where per-uplink costs are found and compared.
+
     .venv/bin/python benchmarks/bench_ingest.py
     .venv/bin/python benchmarks/bench_ingest.py --devices 1000 --uplinks 20000 --seconds 10
+    .venv/bin/python benchmarks/bench_ingest.py --profile --uplinks 50000 --cprofile 40
 """
 
 from __future__ import annotations
@@ -457,12 +464,17 @@ def main() -> None:
     parser.add_argument("--kill-seconds", type=float, default=20)
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="in-process CPU per uplink")
+    parser.add_argument("--cprofile", type=int, default=0, help="with --profile: top N functions")
     args = parser.parse_args()
     if args.role == "publish":
         role_publish(args)
         return
     if args.role == "subscribe":
         role_subscribe(args)
+        return
+    if args.profile:
+        run_profile(args)
         return
     run(args)
 
@@ -550,6 +562,87 @@ def run(args: argparse.Namespace) -> None:
         finally:
             broker.stop()
     report(args, figures)
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    """Figure 7: CPU per uplink of the server's ingestion, in this process."""
+    import asyncio
+
+    from cityos.app import create_app
+    from cityos.settings import Settings
+
+    console.print(f"load average before: {load_average()} (cores: {os.cpu_count()})")
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-profile-") as tmp:
+        data_dir = Path(tmp)
+        console.print(f"registering {args.devices} devices ...")
+        register_devices(data_dir, args.devices)
+        settings = Settings(
+            data_dir=data_dir, auth="off", ingest_secret="bench", mqtt_url=None, log_level="warning"
+        )
+        asyncio.run(drive_in_process(create_app(settings), args))
+    console.print(f"load average after: {load_average()}")
+
+
+async def drive_in_process(app: Any, args: argparse.Namespace) -> None:  # Any: the ASGI app
+    """Feed the app's intake as the MQTT subscriber would (batches as they come)."""
+    import asyncio
+    import cProfile
+    import pstats
+
+    from cityos.ingest.intake import Submission
+    from cityos.ingest.model import RawMessage
+
+    def messages(start: int, count: int) -> list[Any]:  # Any: RawMessage
+        # Each device's uplinks are newer than its last (no late-observation path).
+        base_s = time.time()
+        received_ms = int(base_s * 1000)
+        return [
+            RawMessage(
+                "mqtt", "chirpstack", *uplink(i, args.devices, base_s + i / 1000), None, received_ms
+            )
+            for i in range(start, start + count)
+        ]
+
+    async def drive(raws: list[Any]) -> None:  # Any: RawMessage
+        finished = asyncio.Event()
+        done = 0
+
+        def acknowledge(outcome: Any) -> None:  # Any: Outcome
+            nonlocal done
+            done += 1
+            if done == len(raws):
+                finished.set()
+
+        for raw in raws:
+            intake.submit(Submission(raw, acknowledge))
+        await finished.wait()
+
+    async with app.router.lifespan_context(app):
+        intake = app.state.ingest_intake
+        stats = app.state.ingest_stats
+        await drive(messages(0, args.devices))  # creates every device's entities
+        raws = messages(args.devices, args.uplinks)
+        stored_before = stats.uplinks_stored
+        profiler = cProfile.Profile() if args.cprofile else None
+        wall, cpu = time.perf_counter(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        await drive(raws)
+        if profiler is not None:
+            profiler.disable()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        stored = stats.uplinks_stored - stored_before
+        console.print(
+            f"in-process: {args.uplinks} uplinks, {stored} stored, rejected {dict(stats.rejected)}"
+        )
+        console.print(
+            f"CPU {cpu / args.uplinks * 1e6:.1f} us/uplink, wall {wall / args.uplinks * 1e6:.1f}"
+            f" us/uplink ({args.uplinks / wall:,.0f} uplinks/s in one process, no MQTT)"
+            + (" [under cProfile]" if profiler is not None else "")
+        )
+        if profiler is not None:
+            for order in ("tottime", "cumulative"):
+                pstats.Stats(profiler).sort_stats(order).print_stats(args.cprofile)
 
 
 def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:  # Any: figures

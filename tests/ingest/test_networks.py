@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from cityos.ingest.model import (
     Uplink,
 )
 from cityos.ingest.networks import parse_event
+from cityos.ingest.networks.fields import event_time
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHIRPSTACK_EVENTS = ("up", "status", "join", "ack", "txack", "log", "location")
@@ -256,3 +258,30 @@ def test_missing_time_uses_the_receive_time() -> None:
     del body["time"]
     uplink = only(parse_event(mqtt_chirpstack("up", json.dumps(body).encode())))
     assert uplink.observed_at == "2023-11-14T22:13:20.000Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "moment"),
+    [
+        ("2026-11-24T01:02:03.456789123Z", datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=UTC)),
+        ("2026-11-24T01:02:03.9Z", datetime(2026, 11, 24, 1, 2, 3, 900000, tzinfo=UTC)),
+        ("2026-11-24T01:02:03Z", datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)),
+        ("2026-11-24T10:02:03.5+09:00", datetime(2026, 11, 24, 1, 2, 3, 500000, tzinfo=UTC)),
+        ("1969-12-31T23:59:59.999Z", datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)),
+    ],
+)
+def test_event_time_is_read_to_the_millisecond(text: str, moment: datetime) -> None:
+    expected_ms = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    expected_text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Twice: the second reading takes the date and second from what the first remembered.
+    for _ in range(2):
+        assert event_time(text, "time", 0) == (expected_text, expected_ms)
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-02-30T00:00:00Z", "2026-11-24T25:00:00.1Z", "2026-11-24T01:02:03.\u0663Z"]
+)
+def test_impossible_event_time_is_refused(text: str) -> None:
+    with pytest.raises(IngestError) as caught:
+        event_time(text, "time", 0)
+    assert caught.value.reason == "invalid-message"

@@ -190,15 +190,22 @@ class ObservationWriter:
         attrs: dict[str, list[AttributeInstance]] = entity["attrs"]
         changed = before is None or entity["type"] is not before["type"]
         late: list[tuple[str, AttributeInstance]] = []
+        iris = self._iris
         for name, raw in update.attributes.items():
-            iri = self.iri(name)
+            iri = iris.get(name) or self.iri(name)
             instance = self._instance(name, raw, now, update.entity_id)
-            existing = attrs.get(iri, [])
+            existing = attrs.get(iri)
+            if not existing:
+                attrs[iri] = [instance]
+                changed = True
+                continue
             dataset_id = instance.get("datasetId")
-            position = next(
-                (i for i, old in enumerate(existing) if old.get("datasetId") == dataset_id), None
-            )
-            if position is None:
+            position = -1
+            for index, old in enumerate(existing):
+                if old.get("datasetId") == dataset_id:
+                    position = index
+                    break
+            if position < 0:
                 attrs[iri] = [*existing, instance]
                 changed = True
                 continue
@@ -211,9 +218,12 @@ class ObservationWriter:
             ):
                 continue
             instance["createdAt"] = old.get("createdAt", now)
-            replaced = list(existing)
-            replaced[position] = instance
-            attrs[iri] = replaced
+            if len(existing) == 1:
+                attrs[iri] = [instance]
+            else:
+                replaced = list(existing)
+                replaced[position] = instance
+                attrs[iri] = replaced
             changed = True
         if not changed:
             return before if before is not None else entity, late

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time as time_module
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 
 from cityos.core.errors import BadRequestData
 
@@ -57,10 +58,13 @@ def parse_datetime(text: str, *, field: str = "DateTime") -> datetime:
         raise BadRequestData(f"{field} is not a valid date-time: {text!r} ({exc})") from None
 
 
+@lru_cache(maxsize=16_384)
 def datetime_ms(text: str) -> int:
     """Unix milliseconds of an ISO 8601 date-time (a missing zone is read as UTC).
 
     For timestamps already validated on the way in; raises ``BadRequestData`` otherwise.
+    Remembers recent answers: sensor ingestion asks for the same ``observedAt`` of an
+    uplink once per history row, coverage hour and latency count.
     """
     try:
         moment = datetime.fromisoformat(text)

@@ -105,7 +105,7 @@ DUPLICATE = Outcome("duplicate")
 IGNORED = Outcome("ignored")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Work:
     """One message on its way through a batch."""
 

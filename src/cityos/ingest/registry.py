@@ -217,7 +217,11 @@ class DeviceRegistry:
         # a registry field needs the device to be read again.
         before = (change.before or {}).get("attrs", {})
         after = (change.after or {}).get("attrs", {})
-        return any(before.get(iri) != after.get(iri) for iri in self._iri.values())
+        for iri in self._iri.values():
+            then, now = before.get(iri), after.get(iri)
+            if then is not now and then != now:  # unchanged lists are shared, not copied
+                return True
+        return False
 
     # -- gateways ---------------------------------------------------------------------
 

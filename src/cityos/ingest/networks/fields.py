@@ -60,22 +60,51 @@ def normalize_dev_eui(value: object, field: str) -> str:
 
 def parse_time_ms(value: object, field: str) -> int:
     """Unix milliseconds of an RFC 3339 time with up to nanoseconds and a zone."""
-    match = _TIME_RE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise IngestError("invalid-message", f"{field} is not an RFC 3339 time: {value!r}")
-    seconds, fraction, zone = match.groups()
-    micros = (fraction or "").ljust(6, "0")[:6]
-    try:
-        moment = datetime.fromisoformat(f"{seconds}.{micros}{'+00:00' if zone == 'Z' else zone}")
-    except ValueError:
-        raise IngestError("invalid-message", f"{field} is not a valid time: {value!r}") from None
-    return (moment - _EPOCH) // _ONE_MS
+    return _parse_time(value, field)[1]
 
 
 def event_time(value: object, field: str, fallback_ms: int) -> tuple[str, int]:
     """(ISO 8601 with milliseconds, Unix ms) of an event; our receive time when absent."""
-    time_ms = fallback_ms if value is None else parse_time_ms(value, field)
+    if value is None:
+        return format_ms(fallback_ms), fallback_ms
+    return _parse_time(value, field)
+
+
+_utc_seconds: dict[str, tuple[int, str]] = {}
+"""``YYYY-MM-DDTHH:MM:SS`` of UTC times seen lately: (Unix seconds, the text as
+:func:`format_ms` writes it). Uplinks of one second share it; parsing and formatting a
+date costs more than the rest of the time's handling."""
+_UTC_SECONDS_KEPT = 4096
+
+
+def _parse_time(value: object, field: str) -> tuple[str, int]:
+    """(ISO 8601 with milliseconds as :func:`format_ms` writes it, Unix ms) of an RFC 3339
+    time with up to nanoseconds and a zone."""
+    match = _TIME_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise IngestError("invalid-message", f"{field} is not an RFC 3339 time: {value!r}")
+    seconds, fraction, zone = match.groups()
+    if zone == "Z" and (fraction is None or fraction.isascii()):
+        known = _utc_seconds.get(seconds)
+        if known is None:
+            whole_ms = _moment_ms(seconds, "", "+00:00", value, field)
+            known = (whole_ms // 1000, format_ms(whole_ms).removesuffix(".000Z"))
+            if len(_utc_seconds) >= _UTC_SECONDS_KEPT:
+                _utc_seconds.clear()
+            _utc_seconds[seconds] = known
+        millis = int(fraction[:3].ljust(3, "0")) if fraction else 0
+        return f"{known[1]}.{millis:03d}Z", known[0] * 1000 + millis
+    time_ms = _moment_ms(seconds, fraction or "", zone, value, field)
     return format_ms(time_ms), time_ms
+
+
+def _moment_ms(seconds: str, fraction: str, zone: str, value: object, field: str) -> int:
+    micros = fraction.ljust(6, "0")[:6]
+    try:
+        moment = datetime.fromisoformat(f"{seconds}.{micros}{zone}")
+    except ValueError:
+        raise IngestError("invalid-message", f"{field} is not a valid time: {value!r}") from None
+    return (moment - _EPOCH) // _ONE_MS
 
 
 def window_dedup_key(dev_eui: str, f_cnt: int | None, time_ms: int) -> str:
