@@ -166,6 +166,14 @@ class Settings(BaseSettings):
         default=86_400.0,
         description="How long the keys of stored uplinks are kept to drop redeliveries.",
     )
+    ingest_dead_letter_retention_days: float = Field(
+        default=90.0,
+        gt=0,
+        description=(
+            "Dead letters (messages that could not be processed) are deleted this many days "
+            "after their last attempt, so a broken sender cannot fill the disk."
+        ),
+    )
     ingest_health_interval_s: float = Field(
         default=60.0, description="How often silent devices are looked for (Alert entities)."
     )

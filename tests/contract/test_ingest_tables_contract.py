@@ -162,6 +162,15 @@ def test_removed_letters_are_gone_and_counted(backend: Backend) -> None:
     assert backend.dead_letter_counts() == {"oversize": 1}
 
 
+def test_expire_deletes_letters_last_tried_before_the_cut(backend: Backend) -> None:
+    backend.add_dead_letters(
+        [letter(last_attempt_ms=1_000), letter("oversize", last_attempt_ms=5_000)]
+    )
+
+    assert backend.expire_dead_letters(5_000) == 1
+    assert backend.dead_letter_counts() == {"oversize": 1}
+
+
 def test_dead_letter_with_nul_in_text_fields_is_kept(backend: Backend) -> None:
     backend.add_dead_letters([letter(address="topic/\x00/x", detail="bad \x00")])
 

@@ -202,7 +202,8 @@ class IngestRuntime:
         return None
 
     async def _housekeeping(self) -> None:
-        """Forget the keys of uplinks stored longer ago than any redelivery comes."""
+        """Forget the keys of uplinks stored longer ago than any redelivery comes, and dead
+        letters past their retention."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             try:
@@ -210,8 +211,12 @@ class IngestRuntime:
                 removed = self.tables.expire_uplink_keys(clock_ms() - ttl_ms)
                 if removed:
                     log.info("Forgot %d uplink keys older than the dedupe window", removed)
+                keep_ms = int(self.settings.ingest_dead_letter_retention_days * 86_400_000)
+                removed = self.tables.expire_dead_letters(clock_ms() - keep_ms)
+                if removed:
+                    log.info("Deleted %d dead letters past their retention", removed)
             except Exception:
-                log.exception("Expiring uplink keys failed")
+                log.exception("Ingestion housekeeping failed")
 
 
 def _without_password(url: str) -> str:

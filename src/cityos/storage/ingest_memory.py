@@ -84,6 +84,10 @@ class MemoryIngestTables:
         found.sort(key=lambda letter: letter.id, reverse=True)
         return found[: which.limit]
 
+    def expire_dead_letters(self, before_ms: int) -> int:
+        old = [i for i, x in self._ingest.letters.items() if x.last_attempt_ms < before_ms]
+        return self.remove_dead_letters(old)
+
     def remove_dead_letters(self, ids: list[int]) -> int:
         return sum(self._ingest.letters.pop(i, None) is not None for i in set(ids))
 

@@ -133,6 +133,13 @@ class PostgresIngestTables:
             ).fetchall()
         return [dead_letter_from_row(row) for row in rows]
 
+    def expire_dead_letters(self, before_ms: int) -> int:
+        with self._connection() as conn:
+            cursor = conn.execute(
+                "DELETE FROM ingest_dead_letters WHERE last_attempt_ms < %s", (before_ms,)
+            )
+        return int(cursor.rowcount)
+
     def remove_dead_letters(self, ids: list[int]) -> int:
         with self._connection() as conn:
             cursor = conn.execute("DELETE FROM ingest_dead_letters WHERE id = ANY(%s)", (ids,))

@@ -123,6 +123,13 @@ class SqliteIngestTables:
         ).fetchall()
         return [dead_letter_from_row(row) for row in rows]
 
+    def expire_dead_letters(self, before_ms: int) -> int:
+        with self.transaction():
+            cursor = self._db.execute(
+                "DELETE FROM ingest_dead_letters WHERE last_attempt_ms < ?", (before_ms,)
+            )
+        return int(cursor.rowcount)
+
     def remove_dead_letters(self, ids: list[int]) -> int:
         with self.transaction():
             cursor = self._db.executemany(

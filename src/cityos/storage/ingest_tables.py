@@ -167,6 +167,10 @@ class IngestTables(Protocol):
         """Stored letters matching ``which``, newest (highest id) first."""
         ...
 
+    def expire_dead_letters(self, before_ms: int) -> int:
+        """Delete letters whose last attempt was before ``before_ms``; return how many."""
+        ...
+
     def remove_dead_letters(self, ids: list[int]) -> int:
         """Delete letters by id; return how many existed."""
         ...
