@@ -21,12 +21,12 @@ import orjson
 import psycopg
 
 from cityos.storage.ingest_tables import (
-    DEAD_LETTER_COLUMNS,
     DeadLetter,
     DeadLetterFilter,
     GatewayHour,
     counts_from_json,
     dead_letter_from_row,
+    dead_letter_query,
 )
 
 Connection = psycopg.Connection[tuple[Any, ...]]  # Any: column values of any SQL type
@@ -110,27 +110,9 @@ class PostgresIngestTables:
             )
 
     def list_dead_letters(self, which: DeadLetterFilter) -> list[DeadLetter]:
-        where: list[str] = []
-        params: list[object] = []
-        if which.reason is not None:
-            where.append("reason = %s")
-            params.append(which.reason)
-        if which.dev_eui is not None:
-            where.append("dev_eui = %s")
-            params.append(which.dev_eui.lower())
-        if which.since_ms is not None:
-            where.append("last_attempt_ms >= %s")
-            params.append(which.since_ms)
-        if which.ids is not None:
-            where.append("id = ANY(%s)")
-            params.append(list(which.ids))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        query, params = dead_letter_query(which, "%s")
         with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT {DEAD_LETTER_COLUMNS} FROM ingest_dead_letters {clause} "
-                "ORDER BY id DESC LIMIT %s",
-                (*params, which.limit),
-            ).fetchall()
+            rows = conn.execute(query, params).fetchall()
         return [dead_letter_from_row(row) for row in rows]
 
     def expire_dead_letters(self, before_ms: int) -> int:

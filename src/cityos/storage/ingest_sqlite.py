@@ -18,13 +18,13 @@ from typing import BinaryIO
 import orjson
 
 from cityos.storage.ingest_tables import (
-    DEAD_LETTER_COLUMNS,
     DeadLetter,
     DeadLetterFilter,
     GatewayHour,
     add_counts,
     counts_from_json,
     dead_letter_from_row,
+    dead_letter_query,
 )
 
 _CHUNK = 500
@@ -101,26 +101,8 @@ class SqliteIngestTables:
             )
 
     def list_dead_letters(self, which: DeadLetterFilter) -> list[DeadLetter]:
-        where: list[str] = []
-        params: list[object] = []
-        if which.reason is not None:
-            where.append("reason = ?")
-            params.append(which.reason)
-        if which.dev_eui is not None:
-            where.append("dev_eui = ?")
-            params.append(which.dev_eui.lower())
-        if which.since_ms is not None:
-            where.append("last_attempt_ms >= ?")
-            params.append(which.since_ms)
-        if which.ids is not None:
-            where.append(f"id IN ({','.join('?' * len(which.ids))})")
-            params.extend(which.ids)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._db.execute(
-            f"SELECT {DEAD_LETTER_COLUMNS} FROM ingest_dead_letters {clause} "
-            "ORDER BY id DESC LIMIT ?",
-            (*params, which.limit),
-        ).fetchall()
+        query, params = dead_letter_query(which, "?")
+        rows = self._db.execute(query, params).fetchall()
         return [dead_letter_from_row(row) for row in rows]
 
     def expire_dead_letters(self, before_ms: int) -> int:

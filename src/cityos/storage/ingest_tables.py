@@ -105,6 +105,33 @@ DEAD_LETTER_COLUMNS = (
 """The columns backends select for :func:`dead_letter_from_row`, in its order."""
 
 
+def dead_letter_query(which: DeadLetterFilter, placeholder: str) -> tuple[str, list[object]]:
+    """The ``SELECT`` of the letters ``which`` picks, newest first, and its parameters, in
+    the driver's ``placeholder`` style (``?`` for sqlite3, ``%s`` for psycopg)."""
+    where: list[str] = []
+    params: list[object] = []
+    if which.reason is not None:
+        where.append(f"reason = {placeholder}")
+        params.append(which.reason)
+    if which.dev_eui is not None:
+        where.append(f"dev_eui = {placeholder}")
+        params.append(which.dev_eui.lower())
+    if which.since_ms is not None:
+        where.append(f"last_attempt_ms >= {placeholder}")
+        params.append(which.since_ms)
+    if which.ids is not None:
+        ids = list(which.ids)
+        where.append(f"id IN ({', '.join([placeholder] * len(ids))})" if ids else "false")
+        params.extend(ids)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    params.append(which.limit)
+    return (
+        f"SELECT {DEAD_LETTER_COLUMNS} FROM ingest_dead_letters {clause} "
+        f"ORDER BY id DESC LIMIT {placeholder}",
+        params,
+    )
+
+
 def dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:  # Any: database column values
     """A letter from a row of :data:`DEAD_LETTER_COLUMNS`."""
     body = row[6]
