@@ -108,6 +108,20 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_metadata(keys: list[StoredKey]) -> list[dict[str, object]]:
+    """What ``list_keys`` shows of stored keys: never the key or its hash."""
+    return [
+        {
+            "key_id": k.key_id,
+            "org": k.org,
+            "role": k.role,
+            "created_at": k.created_at,
+            "revoked": k.revoked,
+        }
+        for k in keys
+    ]
+
+
 def as_principal(stored: StoredKey) -> Principal:
     """The principal a stored key stands for."""
     role: Role = stored.role  # type: ignore[assignment]  # stores accept ROLES only
@@ -189,13 +203,7 @@ class SqliteKeyStore:
 
     def list_keys(self) -> list[dict[str, object]]:
         """Key metadata (never the key or its hash)."""
-        rows = self._db.execute(
-            "SELECT key_id, org, role, created_at, revoked FROM api_keys ORDER BY created_at, rowid"
-        )
-        return [
-            {"key_id": r[0], "org": r[1], "role": r[2], "created_at": r[3], "revoked": bool(r[4])}
-            for r in rows
-        ]
+        return key_metadata(self.export_keys())
 
     def export_keys(self) -> list[StoredKey]:
         rows = self._db.execute(

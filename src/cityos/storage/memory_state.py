@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cityos.storage.keys import Principal, StoredKey, as_principal, hash_key, new_key
+from cityos.storage.keys import Principal, StoredKey, as_principal, hash_key, key_metadata, new_key
 from cityos.storage.subscriptions import DeliveryReport, OutboxRow, SingleProcessCoordination
 
 _Key = tuple[str, str]
@@ -55,16 +55,7 @@ class MemoryKeyStore:
         return None
 
     def list_keys(self) -> list[dict[str, object]]:
-        return [
-            {
-                "key_id": k.key_id,
-                "org": k.org,
-                "role": k.role,
-                "created_at": k.created_at,
-                "revoked": k.revoked,
-            }
-            for k in self.export_keys()
-        ]
+        return key_metadata(self.export_keys())
 
     def export_keys(self) -> list[StoredKey]:
         return sorted(self._state.keys.values(), key=lambda k: k.created_at)

@@ -12,6 +12,7 @@ from cityos.storage.keys import (
     StoredKey,
     as_principal,
     hash_key,
+    key_metadata,
     new_key,
 )
 from cityos.storage.postgres_state import StatePool
@@ -51,16 +52,7 @@ class PostgresKeyStore:
         return as_principal(StoredKey(row[0], digest, row[1], row[2], "", False))
 
     def list_keys(self) -> list[dict[str, object]]:
-        return [
-            {
-                "key_id": k.key_id,
-                "org": k.org,
-                "role": k.role,
-                "created_at": k.created_at,
-                "revoked": k.revoked,
-            }
-            for k in self.export_keys()
-        ]
+        return key_metadata(self.export_keys())
 
     def export_keys(self) -> list[StoredKey]:
         with self._pool.connection() as conn:
