@@ -125,6 +125,34 @@ def test_every_change_reaches_the_streams_of_every_process_once(
     assert [(m.id, m.data) for m in second_events] == [(m.id, m.data) for m in first_events]
 
 
+def test_a_write_on_one_process_starts_from_what_another_process_committed(
+    two_processes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """An attribute deleted through one process is not found by the next write through
+    the other (no stale version), and one added there survives that process's update."""
+    first, second = two_processes
+    entity_id = f"urn:ngsi-ld:Gauge:{uuid.uuid4().hex}"
+    url = first.base_url + NGSI + "/entities/" + entity_id
+    create(first.base_url, entity_id)
+    for value in (2.0, 3.0):
+        patch = httpx.patch(url + "/attrs/level", json={"value": value}, timeout=10)
+        assert patch.status_code == 204, patch.text
+    other_url = second.base_url + NGSI + "/entities/" + entity_id
+    added = httpx.post(
+        other_url + "/attrs", json={"name": {"type": "Property", "value": "Jinzu"}}, timeout=10
+    )
+    assert added.status_code == 204, added.text
+    deleted = httpx.delete(other_url + "/attrs/level", timeout=10)
+    assert deleted.status_code == 204, deleted.text
+    refused = httpx.patch(url + "/attrs/level", json={"value": 4.0}, timeout=10)
+    assert refused.status_code == 404, refused.text
+    renamed = httpx.patch(url + "/attrs/name", json={"value": "Ida"}, timeout=10)
+    assert renamed.status_code == 204, renamed.text
+    final = httpx.get(url, timeout=10).json()
+    assert final["name"]["value"] == "Ida"
+    assert "level" not in final
+
+
 def test_last_event_id_of_one_process_replays_on_another(
     two_processes: tuple[ServerProcess, ServerProcess],
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from cityos.core.errors import AlreadyExists
-from cityos.storage.group_commit import Connection, GroupCommitter
+from cityos.storage.group_commit import Connection, GroupCommitter, Row, StatementWrite
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,48 @@ def test_waiting_for_all_returns_once_every_queued_write_is_committed(
     threading.Timer(0.2, gate.set).start()
     committer.wait_for_all()
     assert sorted(rows(url)) == [0, 1, 2]
+
+
+def statement_insert(n: int, *, refuse: bool = False) -> StatementWrite:
+    """An insert sent ahead with its group; refused (as a taken id would be) on demand."""
+
+    def finish(conn: Connection, row: Row | None) -> object:
+        assert row is not None
+        if refuse:
+            raise AlreadyExists(f"{n} is taken")
+        return row[0]
+
+    return StatementWrite(
+        "INSERT INTO written VALUES (%(n)s, txid_current()) RETURNING n", {"n": n}, finish
+    )
+
+
+def test_statement_writes_are_sent_together_and_finished_in_order(
+    committer: GroupCommitter, url: str
+) -> None:
+    gate = threading.Event()
+    blocker = committer.submit("gate", held(gate))
+    commits = [committer.submit(n, statement_insert(n, refuse=n == 2)) for n in range(5)]
+    gate.set()
+    blocker.result(10)
+    assert [c.result(10) for c in commits if c.exception(10) is None] == [0, 1, 3, 4]
+    assert isinstance(commits[2].exception(), AlreadyExists)
+    written = rows(url)
+    # One transaction for the whole group, the refused write's row included: its
+    # statement ran; only its finish refused it.
+    assert sorted(written) == [0, 1, 2, 3, 4]
+    assert len(set(written.values())) == 1
+
+
+def test_a_database_error_in_a_pipelined_group_fails_only_its_own_write(
+    committer: GroupCommitter, url: str
+) -> None:
+    gate = threading.Event()
+    blocker = committer.submit("gate", held(gate))
+    commits = [committer.submit(n, statement_insert(n)) for n in (10, 10, 11)]
+    gate.set()
+    blocker.result(10)
+    assert commits[0].result(10) == 10
+    assert isinstance(commits[1].exception(10), psycopg.errors.UniqueViolation)
+    assert commits[2].result(10) == 11
+    assert sorted(rows(url)) == [10, 11]

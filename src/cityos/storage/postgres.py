@@ -95,6 +95,8 @@ from cityos.storage.base import (
 )
 from cityos.storage.group_commit import (
     GroupCommitter,
+    Row,
+    StatementWrite,
     WriteJob,
     deferral_allowed,
     forget_last_deferred,
@@ -575,11 +577,11 @@ class PostgresStorage(PostgresIngestTables):
         params |= self._history_params(entity["type"], changed_instances(None, entity, now))
         statement = _INSERT_KNOWN_TENANT if tenant in self._known_tenants else _INSERT
 
-        def write(conn: Connection) -> None:
-            if conn.execute(statement, params).fetchone() is None:
+        def finish(conn: Connection, row: Row | None) -> None:
+            if row is None:
                 raise AlreadyExists(f"Entity {entity['id']} already exists")
 
-        self._write((tenant, entity["id"]), write)
+        self._write((tenant, entity["id"]), StatementWrite(statement, params, finish))
 
     def update(self, tenant: str, entity: StoredEntity) -> StoredEntity:
         """See :meth:`Storage.update`. When the write is deferred (group commit), the
@@ -595,22 +597,24 @@ class PostgresStorage(PostgresIngestTables):
         old, xmin = self._version_for_write(tenant, entity["id"])
         if old is None:
             raise ResourceNotFound(f"Entity {entity['id']} not found")
-        first = old, self._update_params(tenant, entity, old, xmin, now)
+        statement, params = self._update_params(tenant, entity, old, xmin, now)
 
-        def write(conn: Connection) -> StoredEntity:
-            replaced, (statement, params) = first
-            while conn.execute(statement, params).fetchone() is None:
+        def finish(conn: Connection, row: Row | None) -> StoredEntity:
+            replaced = old
+            while row is None:
                 # Another writer changed (or deleted) the entity since the read: apply
                 # this write's own changes to the newer version and retry, so that the
                 # other writer's change is kept (see ``rebase_entity``).
-                current, xmin = _read_version(conn, tenant, entity["id"])
+                current, version = _read_version(conn, tenant, entity["id"])
                 if current is None:
                     raise ResourceNotFound(f"Entity {entity['id']} not found")
                 rebased = rebase_entity(old, entity, current)
                 replaced = current
-                statement, params = self._update_params(tenant, rebased, replaced, xmin, now)
+                retry, retry_params = self._update_params(tenant, rebased, current, version, now)
+                row = conn.execute(retry, retry_params).fetchone()
             return replaced
 
+        write = StatementWrite(statement, params, finish)
         replaced: StoredEntity = self._write((tenant, entity["id"]), write, deferred=old)
         return replaced
 
@@ -658,22 +662,21 @@ class PostgresStorage(PostgresIngestTables):
         old, xmin = self._version_for_write(tenant, entity_id)
         if old is None:
             return False
-        first = self._delete_params(tenant, entity_id, old, xmin)
+        statement, params = self._delete_params(tenant, entity_id, old, xmin)
         deferred = self._deferring()
 
-        def write(conn: Connection) -> bool:
-            statement, params = first
-            while True:
-                row = conn.execute(statement, params).fetchone()
-                if row is not None and row[0]:
-                    return True
-                replaced, xmin = _read_version(conn, tenant, entity_id)
+        def finish(conn: Connection, row: Row | None) -> bool:
+            while row is None or not row[0]:
+                replaced, version = _read_version(conn, tenant, entity_id)
                 if replaced is None:
                     if deferred:
                         raise ResourceNotFound(f"Entity {entity_id} not found")
                     return False
-                statement, params = self._delete_params(tenant, entity_id, replaced, xmin)
+                retry, retry_params = self._delete_params(tenant, entity_id, replaced, version)
+                row = conn.execute(retry, retry_params).fetchone()
+            return True
 
+        write = StatementWrite(statement, params, finish)
         return bool(self._write((tenant, entity_id), write, deferred=True))
 
     def _delete_params(
