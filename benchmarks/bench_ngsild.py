@@ -9,7 +9,7 @@ uvloop, httptools) in the same run.
 
     .venv/bin/python benchmarks/bench_ngsild.py                 # 100,000 entities
     .venv/bin/python benchmarks/bench_ngsild.py --rss-entities 1000000
-    .venv/bin/python benchmarks/bench_ngsild.py --entities 20000 --seconds 5 \
+    .venv/bin/python benchmarks/bench_ngsild.py --entities 20000 --seconds 5 --pg-workers 2 \
         --database postgresql://postgres@127.0.0.1:5432/postgres
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``).
@@ -240,9 +240,14 @@ TARGETS = {
 
 
 def measure_broker(
-    settings: Settings, backend: str, args: argparse.Namespace, env: dict[str, str]
+    settings: Settings,
+    backend: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    workers: int = 1,
 ) -> tuple[list[Figure], float]:
-    """Seed the settings' backend, serve it, run every scenario; figures and final RSS (MB)."""
+    """Seed the settings' backend, serve it with ``workers`` processes, run every
+    scenario; figures and final RSS (MB, of the first process)."""
     seed(settings, args.entities)
     keys = open_key_store(settings.database, settings.sqlite_path)
     key = keys.create("bench", "operator")[0]
@@ -251,6 +256,8 @@ def measure_broker(
     command += ["--data-dir", str(settings.data_dir)]
     if settings.database:
         command += ["--database", settings.database]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     figures: list[Figure] = []
     server = start(command, env, f"http://127.0.0.1:{PORTS['server']}/health")
     try:
@@ -306,6 +313,13 @@ def main() -> None:
         "a scratch database is created there and dropped afterwards",
     )
     parser.add_argument(
+        "--pg-workers",
+        type=int,
+        default=0,
+        help="with --database: also measure PostgreSQL served by this many processes "
+        "(cityos serve --workers N), the deployment on a machine with N cores",
+    )
+    parser.add_argument(
         "--rss-entities",
         type=int,
         default=0,
@@ -345,17 +359,19 @@ def main() -> None:
         stop(bare)
     figures += [bare_get, bare_post]
 
-    backends: list[tuple[str, str | None]] = [("SQLite", None)]
+    backends: list[tuple[str, str | None, int]] = [("SQLite", None, 1)]
     if args.database:
-        backends.append(("PostgreSQL", args.database))
-    for backend, server_url in backends:
+        backends.append(("PostgreSQL", args.database, 1))
+        if args.pg_workers > 1:
+            backends.append((f"PostgreSQL ×{args.pg_workers}", args.database, args.pg_workers))
+    for backend, server_url, workers in backends:
         with tempfile.TemporaryDirectory(prefix="cityos-bench-") as tmp:
             data_dir = Path(tmp)
             scratch = f"cityos_bench_{os.getpid()}"
             database = create_database(server_url, scratch) if server_url else None
             try:
                 settings = Settings(data_dir=data_dir, database=database, upgrade_on_start=True)
-                measured, rss = measure_broker(settings, backend, args, env)
+                measured, rss = measure_broker(settings, backend, args, env, workers)
             finally:
                 if server_url:
                     drop_database(server_url, scratch)
@@ -402,7 +418,7 @@ def main() -> None:
                 stop(server)
 
     table = Table(
-        title=f"NGSI-LD broker, {' and '.join(b for b, _ in backends)}, "
+        title=f"NGSI-LD broker, {' and '.join(b for b, _, _ in backends)}, "
         f"{args.entities:,} entities, wrk 1 thread {args.connections} connections"
     )
     for column in (
@@ -435,7 +451,7 @@ def main() -> None:
         )
     console.print(table)
     if len(backends) > 1:
-        console.print(side_by_side(figures, [b for b, _ in backends]))
+        console.print(side_by_side(figures, [b for b, _, _ in backends]))
     for name, value in extra.items():
         console.print(f"{name}: {value:,.0f} MB")
     stamp = time.strftime("%Y%m%d-%H%M%S")
