@@ -242,6 +242,8 @@ def create_app(
         if read_executor is not None:
             read_executor.shutdown()
         event_hub.close()
+        if isinstance(store, PostgresStorage):
+            await store.close_async()
         store.close()
         state.close()
 
@@ -292,6 +294,7 @@ def create_app(
     else:
         observed.add_listener(event_hub.on_changes)
     app.state.events = event_hub
+    app.state.read_ahead = store.read_ahead if isinstance(store, PostgresStorage) else None
     app.state.event_relay = event_relay
     app.state.subscriptions = subscription_service
     app.state.context_resolver = resolver

@@ -3,6 +3,7 @@ touch only the index rows they change (cityos.storage.postgres_updates)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable, Iterator
 
@@ -214,3 +215,58 @@ def test_an_update_after_the_history_was_deleted_starts_a_new_one(
     storage.update(DEFAULT_TENANT, sensor("urn:e", 2.0))
     assert storage.temporal_types(DEFAULT_TENANT, "urn:e") == [T]
     assert temperatures(storage, "urn:e") == [2.0]
+
+
+def test_a_write_starts_from_the_row_read_ahead(
+    storage: PostgresStorage, other_writer: PostgresStorage
+) -> None:
+    """The row read ahead (on the event loop, without blocking it) is what the next
+    ``get`` of the entity gives; a change made after it is kept by the write."""
+    storage.insert(DEFAULT_TENANT, sensor("urn:ngsi-ld:T:ahead", 1))
+
+    async def write_after_read_ahead() -> StoredEntity | None:
+        await storage.read_ahead(DEFAULT_TENANT, "urn:ngsi-ld:T:ahead")
+        # Another process changes the entity between the read-ahead and the write.
+        other = other_writer.get(DEFAULT_TENANT, "urn:ngsi-ld:T:ahead")
+        assert other is not None
+        other["attrs"][NAME] = [{"type": "Property", "value": "Jinzu", "modifiedAt": NOW}]
+        other_writer.update(DEFAULT_TENANT, other)
+        start = storage.get(DEFAULT_TENANT, "urn:ngsi-ld:T:ahead")
+        assert start is not None
+        storage.update(DEFAULT_TENANT, with_temperature(start, 9))
+        await storage.close_async()
+        return start
+
+    start = asyncio.run(write_after_read_ahead())
+    assert start is not None and NAME not in start["attrs"]  # the row read ahead
+    final = storage.get(DEFAULT_TENANT, "urn:ngsi-ld:T:ahead")
+    assert final is not None
+    assert final["attrs"][TEMP][0]["value"] == 9
+    assert final["attrs"][NAME][0]["value"] == "Jinzu"
+
+
+def test_a_row_read_ahead_while_this_process_wrote_the_entity_is_not_used(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.insert(DEFAULT_TENANT, sensor("urn:ngsi-ld:T:raced", 1))
+    before = storage.get(DEFAULT_TENANT, "urn:ngsi-ld:T:raced")
+    assert before is not None
+    read = storage._reader.read
+
+    async def read_during_a_write(tenant: str, entity_id: str) -> object:
+        found = await read(tenant, entity_id)
+        # Another request of this process writes the entity before the read-ahead
+        # resumes: the row read may be older than that write.
+        storage.update(DEFAULT_TENANT, with_temperature(before, 2))
+        return found
+
+    monkeypatch.setattr(storage._reader, "read", read_during_a_write)
+
+    async def read_ahead_then_get() -> StoredEntity | None:
+        await storage.read_ahead(DEFAULT_TENANT, "urn:ngsi-ld:T:raced")
+        start = storage.get(DEFAULT_TENANT, "urn:ngsi-ld:T:raced")
+        await storage.close_async()
+        return start
+
+    start = asyncio.run(read_ahead_then_get())
+    assert start is not None and start["attrs"][TEMP][0]["value"] == 2

@@ -196,6 +196,11 @@ class GroupCommitter:
             if self._in_flight.get(key) is done:
                 del self._in_flight[key]
 
+    def in_flight(self, key: object) -> bool:
+        """True while a write of ``key`` is queued or running (not yet committed)."""
+        with self._lock:
+            return key in self._in_flight
+
     def wait_for(self, key: object) -> None:
         """Block until the writes of ``key`` queued so far have committed (or failed).
 

@@ -17,7 +17,9 @@ Design notes (why, not what):
   storage remembers the last read of each thread with its row version and a write of
   the same entity starts from it instead of reading again (see
   :meth:`PostgresStorage._version_for_write`): a partial update is two round trips, the
-  read and the write, with one commit.
+  read and the write, with one commit. Routes that write one entity read it ahead on an
+  async connection (:meth:`PostgresStorage.read_ahead`, ``postgres_read_ahead``), so
+  that the event loop serves other requests during that read.
 - An expected failure never raises a database error: a taken id is found with
   ``ON CONFLICT DO NOTHING``, a missing one by an empty ``RETURNING``. A database error
   inside a transaction would abort it, and batch operations carry on after a failed item.
@@ -66,6 +68,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -105,6 +108,8 @@ from cityos.storage.group_commit import (
 from cityos.storage.ingest_postgres import PostgresIngestTables
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
 from cityos.storage.postgres_pool import ReconnectingPool, connection_options
+from cityos.storage.postgres_read_ahead import AsyncReader
+from cityos.storage.postgres_read_ahead import Row as ReadRow
 from cityos.storage.postgres_updates import (
     HISTORY_ROWS,
     INSERT_HISTORY,
@@ -316,6 +321,12 @@ _APPEND = (
 
 _READ_FOR_WRITE = "SELECT doc, xmin::text FROM entities WHERE tenant = %s AND id = %s"
 
+_read_ahead: ContextVar[tuple[object, str, str, ReadRow | None] | None] = ContextVar(
+    "cityos_read_ahead", default=None
+)
+"""The row :meth:`PostgresStorage.read_ahead` read for the write about to run in this
+context: (storage, tenant, entity id, row or ``None`` when the entity does not exist)."""
+
 
 def _read_version(conn: Connection, tenant: str, entity_id: str) -> tuple[StoredEntity | None, str]:
     """The stored entity and its row version (``xmin``) as ``conn`` sees them."""
@@ -357,6 +368,10 @@ class PostgresStorage(PostgresIngestTables):
         self._pinned_thread = 0
         self._last_read = threading.local()
         self._committer = GroupCommitter(self._pool)
+        self._reader = AsyncReader(url)
+        self._reading: dict[tuple[str, str], int] = {}
+        """Entities being read ahead, with how many read-aheads of each are under way."""
+        self._written_while_read: set[tuple[str, str]] = set()
         self._known_tenants: set[str] = {DEFAULT_TENANT}
         with self._pool.connection() as conn:
             self._partitions = history_partitions(conn)
@@ -400,14 +415,47 @@ class PostgresStorage(PostgresIngestTables):
         same entity that follows on this thread (see :meth:`_version_for_write`). Waits
         for a write of the entity still in flight (group commit) first."""
         self._committer.wait_for((tenant, entity_id))
-        with self._connection() as conn:
-            row = conn.execute(_READ_FOR_WRITE, (tenant, entity_id)).fetchone()
+        ahead = _read_ahead.get()
+        if ahead is not None and ahead[:3] == (self, tenant, entity_id):
+            _read_ahead.set(None)  # one write's starting point, used once
+        else:
+            ahead = None
+        if ahead is not None and not self._committer.in_flight((tenant, entity_id)):
+            row: tuple[Any, ...] | None = ahead[3]
+        else:
+            with self._connection() as conn:
+                row = conn.execute(_READ_FOR_WRITE, (tenant, entity_id)).fetchone()
         if row is None:
             self._last_read.entry = None
             return None
         self._last_read.entry = (tenant, entity_id, row[0], row[1])
         entity: StoredEntity = orjson.loads(row[0])
         return entity
+
+    async def read_ahead(self, tenant: str, entity_id: str) -> None:
+        """Read the entity a write is about to start from, on an async connection, for
+        the next :meth:`get` of it in this context (see ``postgres_read_ahead``). Call
+        it right before the synchronous write: nothing may run in between."""
+        key = (tenant, entity_id)
+        if not self._pool.available or self._pinned is not None:
+            return
+        if self._committer.in_flight(key):
+            return  # get waits for that write, then reads
+        self._reading[key] = self._reading.get(key, 0) + 1
+        try:
+            done, row = await self._reader.read(tenant, entity_id)
+        finally:
+            written = key in self._written_while_read
+            self._reading[key] -= 1
+            if not self._reading[key]:
+                del self._reading[key]
+                self._written_while_read.discard(key)
+        if done and not written and not self._committer.in_flight(key):
+            _read_ahead.set((self, tenant, entity_id, row))
+
+    async def close_async(self) -> None:
+        """Close the read-ahead connections (on the event loop that used them)."""
+        await self._reader.close()
 
     def get_many(self, tenant: str, entity_ids: list[str]) -> dict[str, StoredEntity]:
         for entity_id in entity_ids:
@@ -697,6 +745,8 @@ class PostgresStorage(PostgresIngestTables):
     def _write(self, key: tuple[str, str], write: WriteJob, deferred: object = None) -> Any:
         """Run ``write`` now and return its result, or hand it to the group committer
         (see :mod:`cityos.storage.group_commit`) and return ``deferred``."""
+        if key in self._reading:
+            self._written_while_read.add(key)  # that read-ahead may miss this write
         if self._deferring():
             note_deferred(self._committer.submit(key, write))
             return deferred

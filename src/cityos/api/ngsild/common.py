@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -67,6 +67,17 @@ async def run_read(request: Request, read: Callable[[], _Result]) -> _Result:
     if executor is None:
         return read()
     return await asyncio.get_running_loop().run_in_executor(executor, read)
+
+
+async def read_ahead(request: Request, tenant: str, entity_id: str) -> None:
+    """Before a write of one entity: let the storage read it without blocking the event
+    loop (PostgreSQL, see ``cityos.storage.postgres_read_ahead``); nothing elsewhere.
+    The broker call must follow at once, with no ``await`` in between."""
+    reader: Callable[[str, str], Awaitable[None]] | None = getattr(
+        request.app.state, "read_ahead", None
+    )
+    if reader is not None:
+        await reader(tenant, entity_id)
 
 
 def tenant_of(request: Request) -> str:

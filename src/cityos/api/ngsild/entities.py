@@ -16,6 +16,7 @@ from cityos.api.ngsild.common import (
     context_of,
     negotiate,
     ngsi_response,
+    read_ahead,
     read_body,
     run_read,
     strip_context,
@@ -261,6 +262,7 @@ async def delete_attribute(request: Request, entity_id: str, attr_name: str) -> 
     check_attribute_name(attr_name)
     ctx = await context_of(request)
     params = request.query_params
+    await read_ahead(request, tenant_of(request), entity_id)
     broker_of(request).delete_attribute(
         tenant_of(request),
         entity_id,
@@ -277,6 +279,7 @@ async def partial_update_attribute(request: Request, entity_id: str, attr_name: 
     check_params(request, NO_PARAMS)
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
+    await read_ahead(request, tenant_of(request), entity_id)
     broker_of(request).partial_update_attribute(
         tenant_of(request), entity_id, attr_name, data, ctx.expand
     )
@@ -289,6 +292,7 @@ async def replace_attribute(request: Request, entity_id: str, attr_name: str) ->
     check_params(request, NO_PARAMS)
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request)
+    await read_ahead(request, tenant_of(request), entity_id)
     broker_of(request).replace_attribute(tenant_of(request), entity_id, attr_name, data, ctx.expand)
     return Response(status_code=204)
 
@@ -300,6 +304,7 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request)
     no_overwrite = "noOverwrite" in options_of(request.query_params)
+    await read_ahead(request, tenant_of(request), entity_id)
     result = broker_of(request).append_attributes(
         tenant_of(request), entity_id, data, ctx.expand, no_overwrite=no_overwrite
     )
@@ -312,6 +317,7 @@ async def update_attributes(request: Request, entity_id: str) -> Response:
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
+    await read_ahead(request, tenant_of(request), entity_id)
     result = broker_of(request).update_attributes(tenant_of(request), entity_id, data, ctx.expand)
     return _update_response(result, ctx)
 
@@ -335,6 +341,7 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
+    await read_ahead(request, tenant_of(request), entity_id)
     broker_of(request).merge_entity(tenant_of(request), entity_id, data, ctx.expand)
     return Response(status_code=204)
 
@@ -345,6 +352,7 @@ async def replace_entity(request: Request, entity_id: str) -> Response:
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request)
+    await read_ahead(request, tenant_of(request), entity_id)
     broker_of(request).replace_entity(tenant_of(request), entity_id, data, ctx.expand)
     return Response(status_code=204)
 
