@@ -42,8 +42,10 @@ def test_committed_pages_reach_the_database_file_without_a_checkpoint_in_the_com
 
         # The commit left its pages in the log; the checkpointer copies them soon after.
         assert _wait_for(
-            lambda: storage._checkpointer.checkpoints >= 1
-            and path.stat().st_size > size_before + 1_500_000
+            lambda: (
+                storage._checkpointer.checkpoints >= 1
+                and path.stat().st_size > size_before + 1_500_000
+            )
         )
         autocheckpoint = storage._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert autocheckpoint == FALLBACK_AUTOCHECKPOINT_PAGES
