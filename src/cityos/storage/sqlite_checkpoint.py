@@ -14,6 +14,14 @@ works, so the copy runs on another core. Pages rewritten by several commits betw
 checkpoints are copied once. The writer's own automatic checkpoint stays as a safety
 net, at a longer log (:data:`FALLBACK_AUTOCHECKPOINT_PAGES`), for when this thread falls
 behind or is stopped.
+
+The price is a longer log file under continuous writing. SQLite starts the log over
+only when a transaction begins while everything in it has been copied back; during a
+backlog drain the next batch begins while the checkpoint of the last one still runs,
+so the log keeps growing until the writer's own checkpoint (which then finds nearly
+every page copied already) lets it start over: with bench_ingest's 10,000 devices the
+``-wal`` file stayed under 90 MB over 150,000 uplinks (15 MB before), and the drain ran
+at 4,577 uplinks/s instead of 3,610.
 """
 
 from __future__ import annotations
