@@ -33,7 +33,6 @@ from cityos.storage.base import Storage
 
 _PLAIN_KINDS = frozenset({"Property"})
 _PLAIN_KEYS = frozenset({"type", "value", "object", "observedAt", "unitCode", "datasetId"})
-_SAME_VALUE_KEYS = ("type", "value", "object", "unitCode")
 
 
 class HistoryAppender(Protocol):
@@ -193,7 +192,13 @@ class ObservationWriter:
         iris = self._iris
         for name, raw in update.attributes.items():
             iri = iris.get(name) or self.iri(name)
-            instance = self._instance(name, raw, now, update.entity_id)
+            if raw.keys() <= _PLAIN_KEYS and raw.get("type", "Property") in _PLAIN_KINDS:
+                # The sensor case, copied as it is (see _instance), inlined: it runs for
+                # every attribute of every uplink.
+                instance: AttributeInstance = {"type": "Property", **raw}
+                instance["createdAt"] = instance["modifiedAt"] = now
+            else:
+                instance = self._instance(name, raw, now, update.entity_id)
             existing = attrs.get(iri)
             if not existing:
                 attrs[iri] = [instance]
@@ -210,12 +215,16 @@ class ObservationWriter:
                 changed = True
                 continue
             old = existing[position]
-            if _is_older(instance, old):
+            if "observedAt" not in instance:
+                if (
+                    instance.get("value") == old.get("value")
+                    and instance.get("type") == old.get("type")
+                    and instance.get("object") == old.get("object")
+                    and instance.get("unitCode") == old.get("unitCode")
+                ):
+                    continue  # the same value again (a deviceState that stays "ok")
+            elif _is_older(instance["observedAt"], old.get("observedAt")):
                 late.append((iri, instance))
-                continue
-            if "observedAt" not in instance and all(
-                old.get(key) == instance.get(key) for key in _SAME_VALUE_KEYS
-            ):
                 continue
             instance["createdAt"] = old.get("createdAt", now)
             if len(existing) == 1:
@@ -244,11 +253,10 @@ class ObservationWriter:
         return parse_instance(name, raw, self.iri, now, entity_id=entity_id)
 
 
-def _is_older(new: AttributeInstance, old: AttributeInstance) -> bool:
-    """True when both are observations and ``new`` was observed before ``old``."""
-    new_at, old_at = new.get("observedAt"), old.get("observedAt")
+def _is_older(new_at: object, old_at: object) -> bool:
+    """True when both observation times are texts and ``new_at`` is before ``old_at``."""
     if not isinstance(new_at, str) or not isinstance(old_at, str):
         return False
     if len(new_at) == len(old_at) and new_at.endswith("Z") and old_at.endswith("Z"):
-        return new_at < old_at
+        return new_at < old_at  # same format, UTC: text order is time order
     return datetime_ms(new_at) < datetime_ms(old_at)

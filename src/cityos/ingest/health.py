@@ -40,6 +40,8 @@ from cityos.storage.ingest_tables import IngestTables
 log = logging.getLogger(__name__)
 
 SILENT_INTERVALS = 3
+CHECK_STEP = 500
+"""Devices read per step of a periodic check (about 10 ms of the event loop)."""
 DUTY = "device-health"
 
 
@@ -102,6 +104,8 @@ class HealthMonitor:
         self._expand = expand
         self._clock_ms = clock_ms or (lambda: datetime_ms(now_iso()))
         self._active: set[str] = set()
+        self._spoke_during_check: set[str] | None = None
+        """Devices that spoke while :meth:`check_in_steps` runs."""
         self._iri = {term: expand(term) for term in ("dateLastValueReported", "validTo")}
 
     # -- the periodic run ----------------------------------------------------------------
@@ -111,22 +115,55 @@ class HealthMonitor:
         while True:
             try:
                 if self.tables.claim_duty(DUTY):
-                    self.check()
+                    await self.check_in_steps()
             except Exception:
                 log.exception("Device health check failed")
             await asyncio.sleep(self.interval_s)
 
     def check(self) -> HealthReport:
-        """One pass over every registered device."""
+        """One pass over every registered device, at once."""
         now_ms = self._clock_ms()
         devices = {device.dev_eui: device for device in self.registry.devices()}
-        entities = self.broker.storage.get_many(
-            self.tenant, [device_entity_id(eui) for eui in devices]
-        )
         silent: dict[str, int] = {}
         spoke: dict[str, int] = {}
-        for dev_eui, device in devices.items():
-            entity = entities.get(device_entity_id(dev_eui))
+        self._read_last_seen(list(devices.values()), now_ms, silent, spoke)
+        return self._settle(devices, silent, spoke)
+
+    async def check_in_steps(self, step: int = CHECK_STEP) -> HealthReport:
+        """:meth:`check`, reading ``step`` devices at a time and letting the event loop run
+        in between: reading a Device entity costs about 20 us, so 10,000 devices read at
+        once stopped ingestion for 200 ms every minute (a p99 latency spike), and a city
+        with 100,000 for two seconds. A device that speaks during the pass is not taken
+        for silent."""
+        now_ms = self._clock_ms()
+        devices = {device.dev_eui: device for device in self.registry.devices()}
+        silent: dict[str, int] = {}
+        spoke: dict[str, int] = {}
+        order = list(devices.values())
+        self._spoke_during_check = set()
+        try:
+            for start in range(0, len(order), step):
+                self._read_last_seen(order[start : start + step], now_ms, silent, spoke)
+                await asyncio.sleep(0)
+            for dev_eui in self._spoke_during_check:
+                silent.pop(dev_eui, None)
+        finally:
+            self._spoke_during_check = None
+        return self._settle(devices, silent, spoke)
+
+    def _read_last_seen(
+        self,
+        devices: Sequence[MonitoredDevice],
+        now_ms: int,
+        silent: dict[str, int],
+        spoke: dict[str, int],
+    ) -> None:
+        """Sort ``devices`` into ``silent`` and ``spoke`` (DevEUI: last seen, Unix ms)."""
+        entities = self.broker.storage.get_many(
+            self.tenant, [device_entity_id(device.dev_eui) for device in devices]
+        )
+        for device in devices:
+            entity = entities.get(device_entity_id(device.dev_eui))
             if entity is None:
                 continue
             last_ms = self._last_seen_ms(entity)
@@ -134,9 +171,17 @@ class HealthMonitor:
                 continue
             limit_ms = SILENT_INTERVALS * device.profile.expected_interval_s * 1000
             if now_ms - last_ms > limit_ms:
-                silent[dev_eui] = last_ms
+                silent[device.dev_eui] = last_ms
             else:
-                spoke[dev_eui] = last_ms
+                spoke[device.dev_eui] = last_ms
+
+    def _settle(
+        self,
+        devices: dict[str, MonitoredDevice],
+        silent: dict[str, int],
+        spoke: dict[str, int],
+    ) -> HealthReport:
+        """Issue the alerts of new silences and clear those of devices that spoke."""
         alerts = self.broker.storage.get_many(
             self.tenant, [alert_id(eui) for eui in {*silent, *self._active}]
         )
@@ -154,6 +199,9 @@ class HealthMonitor:
 
     def note_seen(self, dev_euis: Iterable[str], observed_at: str) -> None:
         """Devices that just spoke: clear their open alerts at once."""
+        dev_euis = set(dev_euis)
+        if self._spoke_during_check is not None:
+            self._spoke_during_check.update(dev_euis)
         back = self._active.intersection(dev_euis)
         if back:
             self._clear(dict.fromkeys(back, datetime_ms(observed_at)))

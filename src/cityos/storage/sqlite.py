@@ -55,6 +55,7 @@ from cityos.storage.base import (
 )
 from cityos.storage.ingest_sqlite import SqliteIngestTables
 from cityos.storage.migrations import load_migrations
+from cityos.storage.sqlite_checkpoint import FALLBACK_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
 GEO_SLOTS = 256
 """R*Tree ids are ``pk * GEO_SLOTS + slot``: the entity is known from the id alone, which
@@ -137,6 +138,9 @@ class SqliteStorage(SqliteIngestTables):
         db.execute("PRAGMA busy_timeout=5000")
         # An embedded file has one user, so it is always brought up to date on open.
         upgrade_schema(db)
+        # Checkpoints run on a thread of their own, not inside our commits (see there).
+        db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
+        self._checkpointer = WalCheckpointer(path)
         self._tenants = {row[0] for row in db.execute("SELECT name FROM tenants")}
         self._attr_ids: dict[str, int] = dict(db.execute("SELECT iri, aid FROM temporal_attrs"))
         self._attr_iris = {aid: iri for iri, aid in self._attr_ids.items()}
@@ -171,6 +175,7 @@ class SqliteStorage(SqliteIngestTables):
             self._depth -= 1
             if outermost:
                 self._db.execute("COMMIT")
+                self._checkpointer.committed()
 
     # -- reads ----------------------------------------------------------------------
 
@@ -886,6 +891,7 @@ class SqliteStorage(SqliteIngestTables):
 
     def close(self) -> None:
         self.release_duties()
+        self._checkpointer.stop()
         self._db.close()
 
 

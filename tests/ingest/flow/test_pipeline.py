@@ -4,6 +4,7 @@ message whose data cannot be written stores the others; silent devices raise Ale
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from cityos.broker.context import CompiledContext
 from cityos.broker.service import ContextBroker
 from cityos.core.timeutil import datetime_ms
 from cityos.ingest.codecs.javascript import JavaScriptCodec
-from cityos.ingest.health import HealthMonitor, alert_id
+from cityos.ingest.health import HealthMonitor, HealthReport, alert_id
 from cityos.ingest.model import RawMessage
 from cityos.ingest.networks import parse_event
 from cityos.ingest.pipeline import Pipeline
@@ -212,6 +213,42 @@ def test_alert_is_cleared_when_the_device_speaks_again(setup: Setup) -> None:
     assert report.cleared == [dev_eui]
     alert = _alert(setup, dev_eui)
     assert alert is not None and alert["validTo"]["value"] == "2026-11-24T02:05:00.000Z"
+
+
+def test_periodic_check_reads_devices_in_steps_with_the_same_verdict(setup: Setup) -> None:
+    quiet, recent = (_register(setup, "water-level", {"mounting_height_m": 5.0}) for _ in "ab")
+    setup.pipeline.process([_raw(quiet, water_level_payload(1.0), at="2026-11-24T01:00:00.000Z")])
+    setup.pipeline.process([_raw(recent, water_level_payload(1.0), at="2026-11-24T01:30:00.000Z")])
+
+    report = asyncio.run(_monitor(setup, "2026-11-24T01:31:00.000Z").check_in_steps(step=1))
+
+    assert (report.checked, report.issued) == (2, [quiet])
+    assert _alert(setup, quiet) is not None and _alert(setup, recent) is None
+
+
+def test_device_speaking_during_a_periodic_check_is_not_taken_for_silent(setup: Setup) -> None:
+    first, second = sorted(
+        _register(setup, "water-level", {"mounting_height_m": 5.0}) for _ in "ab"
+    )
+    for dev_eui in (first, second):
+        setup.pipeline.process(
+            [_raw(dev_eui, water_level_payload(1.0), at="2026-11-24T01:00:00.000Z")]
+        )
+    monitor = _monitor(setup, "2026-11-24T01:31:00.000Z")
+
+    async def check_while_first_speaks() -> HealthReport:
+        check = asyncio.create_task(monitor.check_in_steps(step=1))
+        await asyncio.sleep(0)  # the check reads the first device (silent) and yields
+        setup.pipeline.process(
+            [_raw(first, water_level_payload(1.0), f_cnt=2, at="2026-11-24T01:30:59.000Z")]
+        )
+        monitor.note_seen({first}, "2026-11-24T01:30:59.000Z")  # as the runtime does
+        return await check
+
+    report = asyncio.run(check_while_first_speaks())
+
+    assert report.issued == [second]
+    assert _alert(setup, first) is None
 
 
 def test_entity_written_by_another_process_is_not_overwritten_from_the_cache(
