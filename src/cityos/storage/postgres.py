@@ -107,6 +107,7 @@ from cityos.storage.group_commit import (
 )
 from cityos.storage.ingest_postgres import PostgresIngestTables
 from cityos.storage.migrations import SchemaOutOfDateError, latest_version, load_migrations
+from cityos.storage.pg_arrays import with_array_literals
 from cityos.storage.postgres_pool import ReconnectingPool, connection_options
 from cityos.storage.postgres_read_ahead import AsyncReader
 from cityos.storage.postgres_read_ahead import Row as ReadRow
@@ -629,7 +630,8 @@ class PostgresStorage(PostgresIngestTables):
             if row is None:
                 raise AlreadyExists(f"Entity {entity['id']} already exists")
 
-        self._write((tenant, entity["id"]), StatementWrite(statement, params, finish))
+        write = StatementWrite(statement, with_array_literals(params), finish)
+        self._write((tenant, entity["id"]), write)
 
     def update(self, tenant: str, entity: StoredEntity) -> StoredEntity:
         """See :meth:`Storage.update`. When the write is deferred (group commit), the
@@ -688,7 +690,7 @@ class PostgresStorage(PostgresIngestTables):
             types_kept=types_kept,
             observations=params.get("h_observed_from") is not None,
         )
-        return update_statement(shape), params
+        return update_statement(shape), with_array_literals(params)
 
     def write_many(
         self, tenant: str, changes: list[tuple[StoredEntity | None, StoredEntity]]
@@ -734,7 +736,8 @@ class PostgresStorage(PostgresIngestTables):
         rows = changed_instances(old, None, now_iso())
         if not rows:
             return _DELETE, params
-        return _DELETE_WITH_HISTORY, params | self._history_params(old["type"], rows)
+        history = self._history_params(old["type"], rows)
+        return _DELETE_WITH_HISTORY, with_array_literals(params | history)
 
     def _deferring(self) -> bool:
         """True when a write now would go to the group committer: inside a request that
@@ -992,7 +995,7 @@ class PostgresStorage(PostgresIngestTables):
         params: dict[str, object] = {"tenant": tenant, "id": entity_id}
         params |= self._history_params(types, rows)
         with self._connection() as conn:
-            seqs = conn.execute(_APPEND, params).fetchall()
+            seqs = conn.execute(_APPEND, with_array_literals(params)).fetchall()
         return [f"{INSTANCE_ID_PREFIX}{seq}" for (seq,) in seqs]
 
     def delete_history(

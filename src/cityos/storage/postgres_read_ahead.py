@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from cityos.storage.pg_arrays import array_literal
 from cityos.storage.postgres_pool import connection_options
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,9 @@ class AsyncReader:
                 self._conn = await psycopg.AsyncConnection.connect(
                     self.url, autocommit=True, **connection_options()
                 )
-            cursor = await self._conn.execute(
-                _READ_MANY, ([tenant for tenant, _ in keys], [entity for _, entity in keys])
-            )
+            tenants = array_literal([tenant for tenant, _ in keys])
+            ids = array_literal([entity for _, entity in keys])
+            cursor = await self._conn.execute(_READ_MANY, (tenants, ids))
             rows = await cursor.fetchall()
         except psycopg.Error as error:
             log.debug("Read-ahead of %d entities failed: %s", len(keys), error)
