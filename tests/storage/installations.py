@@ -101,9 +101,14 @@ def dump(url: str) -> dict[str, Any]:
                 for tenant in tenants
             },
             "history rows": history,
-            # Sorted: the backends may order the attribute groups differently.
+            # Sorted: the backends may order the attribute groups differently. By time,
+            # then by instance number (not its text: "…:10" sorts before "…:9"), the
+            # order of writes made within one millisecond.
             "history": {
-                key: sorted(astuple(row) for row in storage.history(*key, HistoryScan()))
+                key: sorted(
+                    (astuple(row) for row in storage.history(*key, HistoryScan())),
+                    key=lambda row: (row[0], row[1], int(row[2].rsplit(":", 1)[-1])),
+                )
                 for key in temporal_entities
             },
             "keys": state.keys.export_keys(),
