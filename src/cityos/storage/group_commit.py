@@ -255,9 +255,10 @@ class GroupCommitter:
 
     def _commit(self, group: list[_Queued]) -> None:
         """Run a group in one transaction; on a database error, each write on its own."""
+        statements = [queued.job for queued in group if isinstance(queued.job, StatementWrite)]
         try:
-            if all(isinstance(queued.job, StatementWrite) for queued in group):
-                outcomes = self._run_pipelined(group)
+            if len(statements) == len(group):
+                outcomes = self._run_pipelined(statements)
             else:
                 outcomes = self._run_in_transaction(group)
         except Exception as error:
@@ -275,22 +276,16 @@ class GroupCommitter:
             else:
                 queued.commit.set_exception(refusal)
 
-    def _run_pipelined(self, group: list[_Queued]) -> list[tuple[object, Exception | None]]:
-        """Send the group's statements in one transaction, pipelined; then finish each
+    def _run_pipelined(self, writes: list[StatementWrite]) -> list[tuple[object, Exception | None]]:
+        """Send a group's statements in one transaction, pipelined; then finish each
         write (see :class:`StatementWrite`). A database error before the commit fails
         the group (the caller retries each write alone); one in a write's finish fails
         only that write, the group being committed already."""
-        writes = [queued.job for queued in group]
         with self._pool.connection() as conn:
             with conn.pipeline(), conn.transaction():
-                cursors = [
-                    conn.execute(write.statement, write.params)
-                    for write in writes
-                    if isinstance(write, StatementWrite)
-                ]
+                cursors = [conn.execute(write.statement, write.params) for write in writes]
             outcomes: list[tuple[object, Exception | None]] = []
             for write, cursor in zip(writes, cursors, strict=True):
-                assert isinstance(write, StatementWrite)
                 try:
                     outcomes.append((write.finish(conn, cursor.fetchone()), None))
                 except Exception as error:

@@ -63,8 +63,8 @@ class AsyncReader:
         self._conn: AsyncConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: list[tuple[tuple[str, str], asyncio.Future[Outcome]]] = []
-        self._reading = False
         self._task: asyncio.Task[None] | None = None
+        """Reads what waits, batch after batch, until nothing does."""
 
     async def read(self, tenant: str, entity_id: str) -> Outcome:
         """The entity's row, read now or with the reads gathered with it (see
@@ -76,8 +76,7 @@ class AsyncReader:
             return False, None
         outcome: asyncio.Future[Outcome] = loop.create_future()
         self._waiting.append(((tenant, entity_id), outcome))
-        if not self._reading:
-            self._reading = True
+        if self._task is None or self._task.done():
             self._task = loop.create_task(self._read_waiting())
         return await outcome
 
@@ -88,16 +87,13 @@ class AsyncReader:
             await conn.close()
 
     async def _read_waiting(self) -> None:
-        try:
-            while self._waiting:
-                batch = self._waiting[:_MAX_BATCH]
-                del self._waiting[:_MAX_BATCH]
-                outcomes = await self._read_many([key for key, _ in batch])
-                for key, outcome in batch:
-                    if not outcome.done():
-                        outcome.set_result(outcomes.get(key, (False, None)))
-        finally:
-            self._reading = False
+        while self._waiting:
+            batch = self._waiting[:_MAX_BATCH]
+            del self._waiting[:_MAX_BATCH]
+            outcomes = await self._read_many([key for key, _ in batch])
+            for key, outcome in batch:
+                if not outcome.done():
+                    outcome.set_result(outcomes.get(key, (False, None)))
 
     async def _read_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Outcome]:
         try:

@@ -262,9 +262,10 @@ async def delete_attribute(request: Request, entity_id: str, attr_name: str) -> 
     check_attribute_name(attr_name)
     ctx = await context_of(request)
     params = request.query_params
-    await read_ahead(request, tenant_of(request), entity_id)
+    tenant = tenant_of(request)
+    await read_ahead(request, tenant, entity_id)
     broker_of(request).delete_attribute(
-        tenant_of(request),
+        tenant,
         entity_id,
         ctx.expand(attr_name),
         dataset_id=params.get("datasetId"),
@@ -279,10 +280,9 @@ async def partial_update_attribute(request: Request, entity_id: str, attr_name: 
     check_params(request, NO_PARAMS)
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
-    await read_ahead(request, tenant_of(request), entity_id)
-    broker_of(request).partial_update_attribute(
-        tenant_of(request), entity_id, attr_name, data, ctx.expand
-    )
+    tenant = tenant_of(request)
+    await read_ahead(request, tenant, entity_id)
+    broker_of(request).partial_update_attribute(tenant, entity_id, attr_name, data, ctx.expand)
     return Response(status_code=204)
 
 
@@ -292,8 +292,9 @@ async def replace_attribute(request: Request, entity_id: str, attr_name: str) ->
     check_params(request, NO_PARAMS)
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request)
-    await read_ahead(request, tenant_of(request), entity_id)
-    broker_of(request).replace_attribute(tenant_of(request), entity_id, attr_name, data, ctx.expand)
+    tenant = tenant_of(request)
+    await read_ahead(request, tenant, entity_id)
+    broker_of(request).replace_attribute(tenant, entity_id, attr_name, data, ctx.expand)
     return Response(status_code=204)
 
 
@@ -304,9 +305,10 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request)
     no_overwrite = "noOverwrite" in options_of(request.query_params)
-    await read_ahead(request, tenant_of(request), entity_id)
+    tenant = tenant_of(request)
+    await read_ahead(request, tenant, entity_id)
     result = broker_of(request).append_attributes(
-        tenant_of(request), entity_id, data, ctx.expand, no_overwrite=no_overwrite
+        tenant, entity_id, data, ctx.expand, no_overwrite=no_overwrite
     )
     return _update_response(result, ctx)
 
@@ -317,8 +319,9 @@ async def update_attributes(request: Request, entity_id: str) -> Response:
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
-    await read_ahead(request, tenant_of(request), entity_id)
-    result = broker_of(request).update_attributes(tenant_of(request), entity_id, data, ctx.expand)
+    tenant = tenant_of(request)
+    await read_ahead(request, tenant, entity_id)
+    result = broker_of(request).update_attributes(tenant, entity_id, data, ctx.expand)
     return _update_response(result, ctx)
 
 
@@ -341,8 +344,9 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request, allow_merge_patch=True)
-    await read_ahead(request, tenant_of(request), entity_id)
-    broker_of(request).merge_entity(tenant_of(request), entity_id, data, ctx.expand)
+    tenant = tenant_of(request)
+    await read_ahead(request, tenant, entity_id)
+    broker_of(request).merge_entity(tenant, entity_id, data, ctx.expand)
     return Response(status_code=204)
 
 
@@ -352,8 +356,9 @@ async def replace_entity(request: Request, entity_id: str) -> Response:
     check_params(request, frozenset({"options", "local"}))
     check_entity_id(entity_id)
     data, ctx = await _object_body_and_context(request)
-    await read_ahead(request, tenant_of(request), entity_id)
-    broker_of(request).replace_entity(tenant_of(request), entity_id, data, ctx.expand)
+    tenant = tenant_of(request)
+    await read_ahead(request, tenant, entity_id)
+    broker_of(request).replace_entity(tenant, entity_id, data, ctx.expand)
     return Response(status_code=204)
 
 
